@@ -1,0 +1,207 @@
+/* attnreg: distributed-memory Newton solver for attention regression (arXiv 2309.07418).
+ *
+ *   minimise L(X,Y) = || softmax_rows(A1 X A2^T) A3 Y - B ||_F^2 (+ ridge terms)
+ *
+ * Formulas: docs/MATH.md.  Conventions, as in reference ScaLAPACK:
+ *   "collective" = every rank of the communicator must call it, with the same global arguments;
+ *   "global" arguments/results are identical on every rank, "local" ones are this rank's share.
+ * Every function returns an ar_error code (AR_OK == 0); ar_error_message() says what failed.
+ * Matrices are double, row-major (C order); z = [vec_r(X); vec_r(Y)], D = d*d + d*m. */
+#ifndef ATTNREG_H
+#define ATTNREG_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#define ATTNREG_VERSION "0.1.0"
+
+/* Error codes with their process exit status (usage 2, data 3, I/O 4, runtime 5, numeric 6,
+ * interrupted with checkpoint 75).  One list: enum, strings and exit codes cannot drift. */
+#define AR_ERROR_MAP(X)                                                   \
+  X(AR_OK, 0, "success")                                                  \
+  X(AR_ERR_USAGE, 2, "invalid command line")                              \
+  X(AR_ERR_DATA, 3, "invalid input data")                                 \
+  X(AR_ERR_IO, 4, "I/O error")                                            \
+  X(AR_ERR_MEM, 5, "out of memory")                                       \
+  X(AR_ERR_MPI, 5, "MPI error")                                           \
+  X(AR_ERR_LIB, 5, "BLAS/ScaLAPACK error")                                \
+  X(AR_ERR_INTERNAL, 5, "internal error")                                 \
+  X(AR_ERR_NUMERIC, 6, "numerical failure")                               \
+  X(AR_ERR_INTERRUPTED, 75, "interrupted by a signal (checkpoint written)")
+
+typedef enum {
+#define AR_ERR_ENUM(name, status, text) name,
+  AR_ERROR_MAP(AR_ERR_ENUM)
+#undef AR_ERR_ENUM
+} ar_error;
+
+const char *ar_error_name(int code);        /* not collective */
+int ar_error_exit_status(int code);         /* not collective: process exit status for code */
+const char *ar_error_message(void);         /* not collective: last recorded message */
+
+/* ------------------------------------------------------------------------------------------
+ * Problem: A1, B distributed by contiguous row blocks; A2, A3 replicated on every rank. */
+typedef struct ar_problem_s *ar_problem;
+
+typedef struct {
+  const char *a1, *a2, *a3, *b; /* paths; a2 == a3 == a1 allowed (self-attention) */
+} ar_data_paths;
+
+/* Fill paths from --data DIR: DIR/A1.npy, A2, A3, B; or DIR/A.npy + DIR/B.npy (self-attention).
+ * Explicit non-NULL entries of *paths are kept.  storage must hold 4 * 4096 chars. Not collective. */
+int ar_data_paths_from_dir(const char *dir, ar_data_paths *paths, char *storage);
+
+/* Collective.  Reads and validates the four files (shapes agree, values finite); each rank
+ * reads only its own rows of A1 and B (MPI-IO).  lambda_x, lambda_y: ridge weights (global). */
+int ar_problem_load(MPI_Comm comm, const ar_data_paths *paths, ar_problem *prob);
+/* Collective.  Build from arrays already in memory: a1 and b hold this rank's rows [r0, r1) of the
+ * partition ar_partition(n, size, rank); a2, a3 hold all n rows.  The arrays are copied. */
+int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_local, const double *a2,
+                      const double *a3, const double *b_local, ar_problem *prob);
+void ar_problem_destroy(ar_problem *prob);  /* not collective; NULLs *prob */
+void ar_problem_sizes(ar_problem prob, int64_t *n, int *d, int *m); /* global */
+double ar_problem_bnorm2(ar_problem prob);  /* global: ||B||_F^2 */
+
+/* Contiguous row partition of n rows over size ranks: rank gets [*r0, *r1).  Not collective. */
+void ar_partition(int64_t n, int size, int rank, int64_t *r0, int64_t *r1);
+
+/* ------------------------------------------------------------------------------------------
+ * Distributed dense matrix (ScaLAPACK 2-D block-cyclic) on a BLACS process grid. */
+typedef struct ar_grid_s *ar_grid;
+typedef struct ar_dmat_s *ar_dmat;
+
+/* Collective.  pr x pc grid over comm (pr = pc = 0: as square as the rank count allows). */
+int ar_grid_create(MPI_Comm comm, int pr, int pc, ar_grid *grid);
+void ar_grid_destroy(ar_grid *grid);                 /* collective */
+void ar_grid_shape(ar_grid grid, int *pr, int *pc);  /* global */
+/* Collective: an N x N matrix in nb x nb blocks (nb <= 0: a default from N and the grid). */
+int ar_dmat_create(ar_grid grid, int N, int nb, ar_dmat *A);
+void ar_dmat_destroy(ar_dmat *A);                    /* not collective */
+int ar_dmat_nb(ar_dmat A);                           /* global */
+/* Collective: write the whole matrix to a float64 .npy file with MPI-IO (darray file view). */
+int ar_dmat_write_npy(ar_dmat A, const char *path);
+/* Collective: solve (A + shift*I) x = rhs by Cholesky (pdpotrf + pdpotrs); A is kept.
+ * rhs, x: global vectors of length N (replicated).  *not_pd = 1 (and x untouched) when
+ * A + shift*I is not positive definite (pdpotrf info > 0). */
+int ar_dmat_shifted_solve(ar_dmat A, double shift, const double *rhs, double *x, int *not_pd);
+/* Global: mean |A_ii| (scale for the Levenberg-Marquardt shift). */
+int ar_dmat_mean_abs_diag(ar_dmat A, double *mean);
+
+/* ------------------------------------------------------------------------------------------
+ * Evaluation of L, its gradient and joint Hessian (MATH.md §1-§3, distributed as §5). */
+typedef enum { AR_HESS_NONE = 0, AR_HESS_EXACT, AR_HESS_GAUSS_NEWTON } ar_hessian_kind;
+
+typedef struct ar_eval_s *ar_eval;
+
+typedef struct {
+  int64_t tile;          /* rows per softmax tile; <= 0: from tile_mem_mb */
+  double tile_mem_mb;    /* memory budget for one tile's work arrays (default 256) */
+  double lambda_x, lambda_y; /* ridge weights */
+} ar_eval_options;
+void ar_eval_options_default(ar_eval_options *o);
+
+typedef struct {
+  double loss;           /* global: L(X,Y) including ridge terms */
+  double *grad;          /* global, length D (z ordering); NULL if not requested */
+  ar_dmat hess;          /* distributed D x D Hessian; NULL if not requested */
+  double flops;          /* local flops done by the model of MATH.md §3 */
+  double t_kernel, t_hess, t_reduce; /* local seconds: loss/gradient, Hessian assembly, reductions */
+} ar_eval_out;
+
+/* Collective: prepare per-problem tables (R23, R22 of MATH.md §3). */
+int ar_eval_create(ar_problem prob, const ar_eval_options *opt, ar_eval *ev);
+void ar_eval_destroy(ar_eval *ev);
+int64_t ar_eval_tile(ar_eval ev);                    /* global: rows per tile in use */
+/* Collective: L at z (global X, Y); grad if out->grad != NULL; Hessian of kind hk into
+ * out->hess if hk != AR_HESS_NONE (out->hess must be a D x D ar_dmat). */
+int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, ar_eval_out *out);
+
+/* ------------------------------------------------------------------------------------------
+ * Planted problems: A entries N(0, 1/d), X_true N(0, x_scale^2), Y_true N(0, 1),
+ * B = softmax(A1 X_true A2^T) A3 Y_true + noise N(0, noise^2), X0 = X_true + start_noise *
+ * x_scale * N(0, 1).  Counter-based random numbers: bit-identical for a seed on any rank count. */
+typedef struct {
+  int64_t n;
+  int d, m;
+  uint64_t seed;
+  double x_scale, noise, start_noise;
+  int self;              /* one shared A (written as A.npy) */
+} ar_generate_options;
+
+/* Collective: generate and write DIR/{A1,A2,A3 | A}.npy, B.npy, X_true.npy, Y_true.npy,
+ * X0.npy (atomically); each rank makes and writes its own rows. */
+int ar_generate(MPI_Comm comm, const ar_generate_options *opt, const char *dir);
+/* Not collective: the i-th standard normal of stream `stream` for `seed`. */
+double ar_normal(uint64_t seed, uint64_t stream, uint64_t i);
+
+/* Collective: P^T P (d x d) and P^T B (d x m) at X, for the least-squares Y step (MATH.md §4). */
+int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *PtB);
+
+/* Accumulated seconds of pdpotrf and pdpotrs on this rank, and their count. */
+void ar_dmat_times(ar_dmat A, double *t_factor, double *t_solve, int *nfactor);
+
+/* ------------------------------------------------------------------------------------------
+ * The solver: damped Newton (Levenberg-Marquardt shift, gain ratio), MATH.md §4. */
+#define AR_REASON_MAP(X)                                                   \
+  X(AR_REASON_NONE, "ITERATING", 0)                                        \
+  X(AR_DIVERGED_NAN, "DIVERGED_NAN", 0)                                    \
+  X(AR_CONVERGED_GATOL, "CONVERGED_GATOL", 1)                              \
+  X(AR_CONVERGED_GRTOL, "CONVERGED_GRTOL", 1)                              \
+  X(AR_CONVERGED_GTTOL, "CONVERGED_GTTOL", 1)                              \
+  X(AR_CONVERGED_FTOL, "CONVERGED_FTOL", 1)                                \
+  X(AR_CONVERGED_STEPTOL, "CONVERGED_STEPTOL", 1)                          \
+  X(AR_DIVERGED_MAXITS, "DIVERGED_MAXITS", 0)                              \
+  X(AR_DIVERGED_MU_OVERFLOW, "DIVERGED_MU_OVERFLOW", 0)                    \
+  X(AR_DIVERGED_TIME_LIMIT, "DIVERGED_TIME_LIMIT", 0)                      \
+  X(AR_DIVERGED_SIGNAL, "DIVERGED_SIGNAL", 0)
+
+typedef enum {
+#define AR_REASON_ENUM(name, text, conv) name,
+  AR_REASON_MAP(AR_REASON_ENUM)
+#undef AR_REASON_ENUM
+} ar_reason;
+const char *ar_reason_name(ar_reason r);   /* not collective */
+int ar_reason_converged(ar_reason r);      /* not collective: 1 for the CONVERGED_* reasons */
+
+typedef enum { AR_METHOD_JOINT = 0, AR_METHOD_ALTERNATING } ar_method;
+
+typedef struct {
+  int iter;              /* 0 = the starting point */
+  double loss, rel_loss, grad_norm, mu, rho, step_norm, seconds;
+  int accepted;          /* the trial step of this iteration was taken */
+} ar_iter_info;
+
+typedef void (*ar_monitor_fn)(const ar_iter_info *it, void *ctx); /* called on every rank */
+
+typedef struct {
+  ar_method method;
+  ar_hessian_kind hessian;   /* EXACT or GAUSS_NEWTON */
+  int64_t max_iter;
+  double time_limit;         /* seconds, <= 0: none */
+  double gatol, grtol, gttol, ftol, steptol;
+  double mu0, mu_max;        /* initial and largest LM shift (relative to mean |diag H|) */
+  int nb;                    /* ScaLAPACK block size (0: default) */
+  volatile int *interrupt;   /* if non-NULL and non-zero on any rank: stop with AR_DIVERGED_SIGNAL */
+  ar_monitor_fn monitor;
+  void *monitor_ctx;
+} ar_solver_options;
+void ar_solver_options_default(ar_solver_options *o);
+
+typedef struct {
+  ar_reason reason;
+  int iterations;
+  double loss, rel_loss, grad_norm;
+  ar_iter_info *history;     /* iterations + 1 entries (caller frees) */
+  int nb;                    /* ScaLAPACK block size used */
+  double flops;              /* local */
+  double t_kernel, t_hess, t_reduce, t_factor, t_solve, t_total; /* local seconds */
+} ar_solve_result;
+
+/* Collective: minimise from (X, Y) (global, updated in place). */
+int ar_solve(ar_problem prob, ar_eval ev, ar_grid grid, const ar_solver_options *opt, double *X, double *Y,
+             ar_solve_result *res);
+/* Collective: Y = argmin_Y L(X, Y) (ridge lambda_y of ev included): (P^T P + lambda_y I) Y = P^T B.
+ * A singular P^T P (e.g. n < d) gets a tiny shift (1e-12 of its mean diagonal). */
+int ar_solve_least_squares_y(ar_eval ev, const double *X, double *Y);
+
+#endif

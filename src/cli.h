@@ -1,0 +1,48 @@
+/* Shared pieces of the subcommands (main.c dispatches to cmd_*.c). */
+#ifndef AR_CLI_H
+#define AR_CLI_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "attnreg.h"
+#include "options.h"
+
+/* Options every data-reading command has. */
+typedef struct {
+  const char *data, *a1, *a2, *a3, *b;
+  int grid[2];
+  int64_t nb, tile;
+  double tile_mem, lambda_x, lambda_y;
+  int quiet;
+} ar_common_cfg;
+
+#define AR_DATA_OPTIONS(c)                                                                                   \
+  {"data", AR_OPT_STRING, &(c).data, NULL, "directory with A1.npy A2.npy A3.npy B.npy (or A.npy B.npy)", 0, 0, 0}, \
+  {"a1", AR_OPT_STRING, &(c).a1, NULL, "A1 file (n x d), overrides --data", 0, 0, 0},                        \
+  {"a2", AR_OPT_STRING, &(c).a2, NULL, "A2 file (n x d)", 0, 0, 0},                                          \
+  {"a3", AR_OPT_STRING, &(c).a3, NULL, "A3 file (n x d)", 0, 0, 0},                                          \
+  {"b", AR_OPT_STRING, &(c).b, NULL, "B file (n x m)", 0, 0, 0},                                             \
+  {"grid", AR_OPT_GRID, (c).grid, NULL, "BLACS process grid PRxPC (PR*PC = ranks) [default: as square as possible]", 0, 0, 0}, \
+  {"nb", AR_OPT_INT, &(c).nb, "0", "ScaLAPACK block size (0: min(64, D/max(PR,PC)))", 0, 0, 0},              \
+  {"tile", AR_OPT_INT, &(c).tile, "0", "rows per softmax tile (0: from --tile-mem)", 0, 0, 0},              \
+  {"tile-mem", AR_OPT_DOUBLE, &(c).tile_mem, "256", "memory budget in MB for one tile's work arrays", 0, 1, 0}, \
+  {"lambda-x", AR_OPT_DOUBLE, &(c).lambda_x, "0", "ridge weight on ||X||_F^2", 0, 0, 0},                    \
+  {"lambda-y", AR_OPT_DOUBLE, &(c).lambda_y, "0", "ridge weight on ||Y||_F^2", 0, 0, 0},                    \
+  {"quiet", AR_OPT_FLAG, &(c).quiet, NULL, "print nothing but errors", 0, 0, 0}
+
+/* Collective: load the problem named by cfg (--data / --a1..--b). */
+int ar_cli_load_problem(MPI_Comm comm, const ar_common_cfg *cfg, ar_problem *prob);
+/* Collective: read a small rows x cols matrix (X0, Y0, ...) on rank 0 and broadcast it;
+ * option names the command-line option in messages.  dst must hold rows*cols doubles. */
+int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int rows, int cols, double *dst);
+
+/* Parse argv for a subcommand; prints help (rank 0) and sets *done when --help was given. */
+int ar_cli_parse(MPI_Comm comm, const char *usage, const ar_option *opts, int nopts, int argc, char **argv,
+                 int *done);
+
+int ar_cmd_generate(MPI_Comm comm, int argc, char **argv);
+int ar_cmd_eval(MPI_Comm comm, int argc, char **argv);
+int ar_cmd_solve(MPI_Comm comm, int argc, char **argv);
+
+#endif

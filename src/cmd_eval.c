@@ -1,0 +1,137 @@
+/* attnreg eval: L, its gradient and optionally the joint Hessian at given X, Y. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cli.h"
+#include "error.h"
+#include "npy.h"
+#include "output.h"
+#include "timing.h"
+
+/* Reduce a local time to max and average over comm. */
+static void time_stats(MPI_Comm comm, double t, double *mx, double *avg)
+{
+  int size;
+  MPI_Comm_size(comm, &size);
+  MPI_Allreduce(&t, mx, 1, MPI_DOUBLE, MPI_MAX, comm);
+  MPI_Allreduce(&t, avg, 1, MPI_DOUBLE, MPI_SUM, comm);
+  *avg /= size;
+}
+
+static int write_eval_json(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid grid, ar_dmat H, int64_t tile,
+                           const ar_eval_out *r, double gnorm, const double t[5], double flops, double rss)
+{
+  int rank, size, pr = 0, pc = 0;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  ar_grid_shape(grid, &pr, &pc);
+  static const char *names[5] = {"io", "loss_gradient", "hessian", "reduction", "write"};
+  double mx[5], avg[5];
+  for (int i = 0; i < 5; i++) time_stats(comm, t[i], &mx[i], &avg[i]);
+  if (rank != 0) return AR_OK;
+  FILE *f = ar_out_fopen(out, "eval.json");
+  AR_CHECK(f, AR_ERR_IO, "%s", ar_error_message());
+  int64_t n;
+  int d, m;
+  ar_problem_sizes(prob, &n, &d, &m);
+  double comp = mx[1] + mx[2] + mx[3];
+  fprintf(f, "{\n  \"loss\": %.17g,\n  \"rel_loss\": %.17g,\n  \"grad_norm\": %.17g,\n", r->loss,
+          r->loss / ar_problem_bnorm2(prob), gnorm);
+  fprintf(f, "  \"n\": %lld,\n  \"d\": %d,\n  \"m\": %d,\n  \"ranks\": %d,\n  \"grid\": \"%dx%d\",\n", (long long)n, d,
+          m, size, pr, pc);
+  fprintf(f, "  \"nb\": %d,\n  \"tile\": %lld,\n", H ? ar_dmat_nb(H) : 0, (long long)tile);
+  fprintf(f, "  \"flops\": %.6g,\n  \"gflops\": %.6g,\n  \"peak_rss_mb_max\": %.1f,\n", flops,
+          comp > 0 ? flops / comp * 1e-9 : 0.0, rss);
+  fprintf(f, "  \"timings\": {\n");
+  for (int i = 0; i < 5; i++)
+    fprintf(f, "    \"%s\": {\"max\": %.6f, \"avg\": %.6f}%s\n", names[i], mx[i], avg[i], i < 4 ? "," : "");
+  fprintf(f, "  }\n}\n");
+  AR_CHECK(fclose(f) == 0, AR_ERR_IO, "%s/eval.json: write failed", out->dir);
+  return AR_OK;
+}
+
+int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
+{
+  ar_common_cfg c = {0};
+  const char *xpath = NULL, *ypath = NULL, *outdir = NULL;
+  int hess = 0, done;
+  ar_option opts[] = {
+      AR_DATA_OPTIONS(c),
+      {"x", AR_OPT_STRING, &xpath, NULL, "X (d x d), required", 0, 0, 0},
+      {"y", AR_OPT_STRING, &ypath, NULL, "Y (d x m), required", 0, 0, 0},
+      {"hessian", AR_OPT_CHOICE, &hess, "none", "also compute and write the joint Hessian", 0, 0,
+       "none|exact|gauss-newton"},
+      {"out", AR_OPT_STRING, &outdir, NULL, "output directory, required", 0, 0, 0},
+  };
+  const int nopts = sizeof opts / sizeof opts[0];
+  AR_CALL(ar_cli_parse(comm, "usage: attnreg eval --data DIR --x X.npy --y Y.npy [--hessian exact|gauss-newton] --out OUT",
+                       opts, nopts, argc, argv, &done));
+  if (done) return AR_OK;
+  AR_CHECK(xpath && ypath, AR_ERR_USAGE, "--x and --y are required");
+  AR_CHECK(outdir, AR_ERR_USAGE, "--out is required");
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  double t[5] = {0}, t0 = ar_wtime();
+  ar_problem prob = NULL;
+  ar_grid grid = NULL;
+  ar_dmat H = NULL;
+  ar_eval ev = NULL;
+  double *X = NULL, *Y = NULL, *g = NULL;
+  ar_out out = {0};
+  int err = ar_grid_create(comm, c.grid[0], c.grid[1], &grid);
+  if (!err) err = ar_cli_load_problem(comm, &c, &prob);
+  int64_t n = 0;
+  int d = 0, m = 0;
+  if (!err) {
+    ar_problem_sizes(prob, &n, &d, &m);
+    X = calloc(d * d, sizeof(double)), Y = calloc(d * m, sizeof(double)), g = calloc(d * d + d * m, sizeof(double));
+    err = ar_error_agree(comm, X && Y && g ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory"));
+  }
+  if (!err) err = ar_cli_load_matrix(comm, "--x", xpath, d, d, X);
+  if (!err) err = ar_cli_load_matrix(comm, "--y", ypath, d, m, Y);
+  if (!err && hess) err = ar_dmat_create(grid, d * d + d * m, (int)c.nb, &H);
+  if (!err) err = ar_error_agree(comm, err);
+  ar_eval_options eo;
+  ar_eval_options_default(&eo);
+  eo.tile = c.tile, eo.tile_mem_mb = c.tile_mem, eo.lambda_x = c.lambda_x, eo.lambda_y = c.lambda_y;
+  if (!err) err = ar_eval_create(prob, &eo, &ev);
+  if (!err) err = ar_out_begin(comm, "--out", outdir, &out);
+  t[0] = ar_wtime() - t0;
+  ar_eval_out r = {.grad = g, .hess = H};
+  if (!err) err = ar_eval_compute(ev, X, Y, (ar_hessian_kind)hess, &r);
+  if (!err) err = ar_error_agree(comm, err);
+  if (!err && !isfinite(r.loss)) err = AR_ERROR(AR_ERR_NUMERIC, "the loss is not finite at the given X, Y");
+  t[1] = r.t_kernel, t[2] = r.t_hess, t[3] = r.t_reduce;
+  double t1 = ar_wtime(), gnorm = 0, flops = 0, rss = 0;
+  if (!err) {
+    for (int i = 0; i < d * d + d * m; i++) gnorm += g[i] * g[i];
+    gnorm = sqrt(gnorm);
+    char path[4400];
+    int lerr = AR_OK;
+    if (rank == 0) lerr = ar_npy_write(ar_out_path(&out, "grad_X.npy", path, sizeof path), d, d, g);
+    if (rank == 0 && !lerr) lerr = ar_npy_write(ar_out_path(&out, "grad_Y.npy", path, sizeof path), d, m, g + d * d);
+    ar_out_path(&out, "grad_X.npy", path, sizeof path), ar_out_path(&out, "grad_Y.npy", path, sizeof path);
+    err = ar_error_agree(comm, lerr);
+    if (!err && H) err = ar_dmat_write_npy(H, ar_out_path(&out, "hessian.npy", path, sizeof path));
+    err = ar_error_agree(comm, err);
+  }
+  t[4] = ar_wtime() - t1;
+  if (!err) {
+    double rl = ar_peak_rss_mb();
+    MPI_Allreduce(&r.flops, &flops, 1, MPI_DOUBLE, MPI_SUM, comm);
+    MPI_Allreduce(&rl, &rss, 1, MPI_DOUBLE, MPI_MAX, comm);
+    err = ar_error_agree(comm, write_eval_json(comm, &out, prob, grid, H, ar_eval_tile(ev), &r, gnorm, t, flops, rss));
+  }
+  if (!err) err = ar_out_commit(&out);
+  if (err) ar_out_abort(&out);
+  if (!err && rank == 0 && !c.quiet)
+    printf("attnreg eval: n=%lld d=%d m=%d loss %.10e rel_loss %.3e |grad| %.3e%s -> %s\n", (long long)n, d, m, r.loss,
+           r.loss / ar_problem_bnorm2(prob), gnorm, H ? " (+hessian.npy)" : "", outdir);
+  free(X), free(Y), free(g);
+  ar_eval_destroy(&ev);
+  ar_dmat_destroy(&H);
+  ar_grid_destroy(&grid);
+  ar_problem_destroy(&prob);
+  return err;
+}

@@ -1,0 +1,196 @@
+/* BLACS process grid, block-cyclic matrices and the shifted Cholesky solve (pdpotrf/pdpotrs). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "grid_impl.h"
+#include "npy.h"
+
+/* BLACS C interface and ScaLAPACK (Fortran) entry points from libscalapack-openmpi. */
+extern int Csys2blacs_handle(MPI_Comm comm);
+extern void Cfree_blacs_system_handle(int handle);
+extern void Cblacs_gridinit(int *ctxt, const char *order, int nprow, int npcol);
+extern void Cblacs_gridinfo(int ctxt, int *nprow, int *npcol, int *myrow, int *mycol);
+extern void Cblacs_gridexit(int ctxt);
+extern int numroc_(const int *n, const int *nb, const int *iproc, const int *isrcproc, const int *nprocs);
+extern void descinit_(int *desc, const int *m, const int *n, const int *mb, const int *nb, const int *irsrc,
+                      const int *icsrc, const int *ictxt, const int *lld, int *info);
+extern void pdpotrf_(const char *uplo, const int *n, double *a, const int *ia, const int *ja, const int *desca,
+                     int *info);
+extern void pdpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *ia, const int *ja,
+                     const int *desca, double *b, const int *ib, const int *jb, const int *descb, int *info);
+
+int ar_grid_create(MPI_Comm comm, int pr, int pc, ar_grid *out)
+{
+  *out = NULL;
+  int rank, size;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  if (pr <= 0 || pc <= 0) {
+    pr = 1;
+    for (int i = 1; i * i <= size; i++)
+      if (size % i == 0) pr = i;
+    pc = size / pr;
+  }
+  AR_CHECK(pr * pc == size, AR_ERR_USAGE, "--grid %dx%d needs %d ranks, but the job has %d", pr, pc, pr * pc, size);
+  ar_grid g;
+  AR_MALLOC(g, 1);
+  MPI_Comm_dup(comm, &g->comm);
+  g->rank = rank, g->size = size, g->pr = pr, g->pc = pc;
+  g->ctxt = Csys2blacs_handle(g->comm);
+  Cblacs_gridinit(&g->ctxt, "Row", pr, pc);
+  int npr, npc;
+  Cblacs_gridinfo(g->ctxt, &npr, &npc, &g->myrow, &g->mycol);
+  AR_CHECK(npr == pr && npc == pc && g->myrow * pc + g->mycol == rank, AR_ERR_LIB,
+           "BLACS grid %dx%d: rank %d got coordinates (%d,%d) of a %dx%d grid", pr, pc, rank, g->myrow, g->mycol, npr,
+           npc);
+  *out = g;
+  return AR_OK;
+}
+
+void ar_grid_destroy(ar_grid *pg)
+{
+  ar_grid g = *pg;
+  if (!g) return;
+  Cblacs_gridexit(g->ctxt);
+  MPI_Comm_free(&g->comm);
+  free(g);
+  *pg = NULL;
+}
+
+void ar_grid_shape(ar_grid g, int *pr, int *pc)
+{
+  *pr = g->pr;
+  *pc = g->pc;
+}
+
+int ar_dmat_create(ar_grid g, int N, int nb, ar_dmat *out)
+{
+  *out = NULL;
+  AR_CHECK(N >= 1, AR_ERR_INTERNAL, "matrix order %d", N);
+  if (nb <= 0) {
+    int np = g->pr > g->pc ? g->pr : g->pc;
+    nb = (N + np - 1) / np;
+    if (nb > 64) nb = 64;
+    if (nb < 1) nb = 1;
+  }
+  ar_dmat A;
+  AR_MALLOC(A, 1);
+  *out = A;
+  A->g = g, A->N = N, A->nb = nb;
+  int zero = 0, info = 0;
+  A->locr = numroc_(&N, &nb, &g->myrow, &zero, &g->pr);
+  A->locc = numroc_(&N, &nb, &g->mycol, &zero, &g->pc);
+  A->lld = A->locr > 1 ? A->locr : 1;
+  descinit_(A->desc, &N, &N, &nb, &nb, &zero, &zero, &g->ctxt, &A->lld, &info);
+  AR_CHECK(info == 0, AR_ERR_LIB, "descinit failed (info %d) for N=%d nb=%d", info, N, nb);
+  size_t cnt = (size_t)A->locr * (size_t)A->locc;
+  AR_MALLOC(A->a, cnt);
+  AR_MALLOC(A->fact, cnt);
+  return AR_OK;
+}
+
+void ar_dmat_destroy(ar_dmat *pA)
+{
+  ar_dmat A = *pA;
+  if (!A) return;
+  free(A->a);
+  free(A->fact);
+  free(A);
+  *pA = NULL;
+}
+
+int ar_dmat_nb(ar_dmat A) { return A->nb; }
+
+void ar_dmat_times(ar_dmat A, double *t_factor, double *t_solve, int *nfactor)
+{
+  *t_factor = A->t_factor;
+  *t_solve = A->t_solve;
+  *nfactor = A->nfactor;
+}
+
+int ar_dmat_write_npy(ar_dmat A, const char *path)
+{
+  ar_grid g = A->g;
+  char hdr[256];
+  /* Written in column-major (darray with MPI_ORDER_FORTRAN matches ScaLAPACK's local
+   * storage), so the header says fortran_order: True and numpy reads it as it is. */
+  int hlen = (int)ar_npy_format_header(hdr, sizeof hdr, A->N, A->N, 1);
+  int gs[2] = {A->N, A->N}, dist[2] = {MPI_DISTRIBUTE_CYCLIC, MPI_DISTRIBUTE_CYCLIC};
+  int darg[2] = {A->nb, A->nb}, ps[2] = {g->pr, g->pc};
+  MPI_Datatype ft;
+  AR_CALL_MPI(MPI_Type_create_darray(g->size, g->rank, 2, gs, dist, darg, ps, MPI_ORDER_FORTRAN, MPI_DOUBLE, &ft));
+  MPI_Type_commit(&ft);
+  MPI_File fh;
+  int err = MPI_File_open(g->comm, path, MPI_MODE_CREATE | MPI_MODE_WRONLY, MPI_INFO_NULL, &fh);
+  if (err != MPI_SUCCESS) {
+    MPI_Type_free(&ft);
+    return AR_ERROR(AR_ERR_IO, "%s: cannot create", path);
+  }
+  int ok = MPI_File_set_size(fh, 0) == MPI_SUCCESS;
+  if (g->rank == 0 && ok) ok = MPI_File_write_at(fh, 0, hdr, hlen, MPI_CHAR, MPI_STATUS_IGNORE) == MPI_SUCCESS;
+  if (ok) ok = MPI_File_set_view(fh, hlen, MPI_DOUBLE, ft, "native", MPI_INFO_NULL) == MPI_SUCCESS;
+  if (ok) ok = MPI_File_write_all(fh, A->a, A->locr * A->locc, MPI_DOUBLE, MPI_STATUS_IGNORE) == MPI_SUCCESS;
+  MPI_File_close(&fh);
+  MPI_Type_free(&ft);
+  AR_CHECK(ok, AR_ERR_IO, "%s: write failed", path);
+  return AR_OK;
+}
+
+int ar_dmat_mean_abs_diag(ar_dmat A, double *mean)
+{
+  ar_grid g = A->g;
+  double s = 0;
+  for (int lj = 0; lj < A->locc; lj++) {
+    int gj = ar_bc_global(lj, A->nb, g->pc, g->mycol);
+    if (ar_bc_owner(gj, A->nb, g->pr) != g->myrow) continue;
+    int li = ar_bc_local(gj, A->nb, g->pr);
+    s += fabs(A->a[(size_t)lj * A->lld + li]);
+  }
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, &s, 1, MPI_DOUBLE, MPI_SUM, g->comm));
+  *mean = s / A->N;
+  return AR_OK;
+}
+
+int ar_dmat_shifted_solve(ar_dmat A, double shift, const double *rhs, double *x, int *not_pd)
+{
+  ar_grid g = A->g;
+  const int N = A->N, nb = A->nb, one = 1, zero = 0;
+  size_t cnt = (size_t)A->locr * A->locc;
+  memcpy(A->fact, A->a, cnt * sizeof(double));
+  for (int lj = 0; lj < A->locc; lj++) {
+    int gj = ar_bc_global(lj, nb, g->pc, g->mycol);
+    if (ar_bc_owner(gj, nb, g->pr) == g->myrow) A->fact[(size_t)lj * A->lld + ar_bc_local(gj, nb, g->pr)] += shift;
+  }
+  int info = 0;
+  double t0 = MPI_Wtime();
+  pdpotrf_("L", &N, A->fact, &one, &one, A->desc, &info);
+  A->t_factor += MPI_Wtime() - t0;
+  A->nfactor++;
+  AR_CHECK(info >= 0, AR_ERR_LIB, "pdpotrf: argument %d had an illegal value", -info);
+  *not_pd = info > 0;
+  if (*not_pd) return AR_OK;
+  /* Right-hand side: an N x 1 block-cyclic vector held by grid column 0. */
+  int bdesc[9], blld = A->lld;
+  descinit_(bdesc, &N, &one, &nb, &nb, &zero, &zero, &g->ctxt, &blld, &info);
+  AR_CHECK(info == 0, AR_ERR_LIB, "descinit (rhs) failed: info %d", info);
+  double *b;
+  AR_MALLOC(b, A->locr);
+  if (g->mycol == 0)
+    for (int li = 0; li < A->locr; li++) b[li] = rhs[ar_bc_global(li, nb, g->pr, g->myrow)];
+  t0 = MPI_Wtime();
+  pdpotrs_("L", &N, &one, A->fact, &one, &one, A->desc, b, &one, &one, bdesc, &info);
+  if (info != 0) {
+    free(b);
+    return AR_ERROR(AR_ERR_LIB, "pdpotrs: argument %d had an illegal value", -info);
+  }
+  memset(x, 0, sizeof(double) * N);
+  if (g->mycol == 0)
+    for (int li = 0; li < A->locr; li++) x[ar_bc_global(li, nb, g->pr, g->myrow)] = b[li];
+  free(b);
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, x, N, MPI_DOUBLE, MPI_SUM, g->comm));
+  A->t_solve += MPI_Wtime() - t0;
+  return AR_OK;
+}

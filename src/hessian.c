@@ -1,0 +1,78 @@
+/* Assembly of the joint Hessian (MATH.md §3) into the block-cyclic layout (§5).
+ *
+ * Each rank holds the compact parts of its rows' contribution (eval.c): H_xx over symmetric
+ * pairs, the two H_xy terms, and P^T P.  It expands them into a send buffer ordered by the
+ * owner of each block-cyclic entry (each owner's part in its local column-major order) and one
+ * MPI_Reduce_scatter sums the contributions straight into every owner's local array: no rank
+ * ever holds the summed D x D matrix. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "grid_impl.h"
+#include "problem_impl.h"
+#include "timing.h"
+
+extern int numroc_(const int *n, const int *nb, const int *iproc, const int *isrcproc, const int *nprocs);
+
+/* Entry (I, J) of this rank's contribution, in z ordering (X entry (p,q) -> p*d+q, then Y
+ * entry (k,i) -> d*d + k*m + i).  global_part: add P^T P and the ridge (one rank does). */
+static double entry(const ar_hess_parts *h, int I, int J, int global_part, double lx, double ly)
+{
+  const int d = h->d, m = h->m, dd = d * d, dm = d * m;
+  if (I >= dd && J < dd) {
+    int t = I;
+    I = J, J = t;
+  }
+  double v;
+  if (J < dd) {
+    int p = I / d, q = I % d, pp = J / d, qq = J % d;
+    int a = p < pp ? ar_pair(d, p, pp) : ar_pair(d, pp, p);
+    int b = q < qq ? ar_pair(d, q, qq) : ar_pair(d, qq, q);
+    v = h->hpair[(size_t)a * h->npair + b];
+    if (global_part && I == J) v += 2 * lx;
+  } else if (I < dd) {
+    int p = I / d, q = I % d, k = (J - dd) / m, i = (J - dd) % m;
+    v = 2 * (h->t1[(size_t)(p * m + i) * dd + q * d + k] + h->t2[(size_t)(p * d + k) * dm + q * m + i]);
+  } else {
+    int k = (I - dd) / m, i = (I - dd) % m, kk = (J - dd) / m, ii = (J - dd) % m;
+    v = 0;
+    if (global_part && i == ii) v = 2 * h->ptp[k * d + kk] + (I == J ? 2 * ly : 0);
+  }
+  return v;
+}
+
+int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly, ar_dmat H, double *t_reduce)
+{
+  ar_grid g = H->g;
+  const int N = H->N, nb = H->nb, zero = 0;
+  /* N = D: the joint Hessian; N = d*d: the H_xx block alone (alternating method). */
+  AR_CHECK(N == h->d * h->d + h->d * h->m || N == h->d * h->d, AR_ERR_INTERNAL, "Hessian order %d matches neither D nor d*d", N);
+  AR_CHECK((double)N * N < 2147483647.0, AR_ERR_DATA, "D = %d: the Hessian is too large for one reduction", N);
+  int *counts;
+  AR_MALLOC(counts, g->size);
+  double *send = malloc(sizeof(double) * (size_t)N * N);
+  if (!send) {
+    free(counts);
+    return AR_ERROR(AR_ERR_MEM, "out of memory: Hessian send buffer of %.1f MB", 8.0 * N * N / 1048576.0);
+  }
+  size_t off = 0;
+  const int global_part = g->rank == 0;
+  for (int prow = 0; prow < g->pr; prow++)
+    for (int pcol = 0; pcol < g->pc; pcol++) {
+      int lr = numroc_(&N, &nb, &prow, &zero, &g->pr), lc = numroc_(&N, &nb, &pcol, &zero, &g->pc);
+      counts[prow * g->pc + pcol] = lr * lc;
+      for (int lj = 0; lj < lc; lj++) {
+        int J = ar_bc_global(lj, nb, g->pc, pcol);
+        for (int li = 0; li < lr; li++)
+          send[off++] = entry(h, ar_bc_global(li, nb, g->pr, prow), J, global_part, lx, ly);
+      }
+    }
+  double t0 = ar_wtime();
+  int rc = MPI_Reduce_scatter(send, H->a, counts, MPI_DOUBLE, MPI_SUM, comm);
+  *t_reduce = ar_wtime() - t0;
+  free(send);
+  free(counts);
+  AR_CHECK(rc == MPI_SUCCESS, AR_ERR_MPI, "MPI_Reduce_scatter of the Hessian failed");
+  return AR_OK;
+}

@@ -1,0 +1,88 @@
+/* attnreg: the command-line program.  Dispatches to a subcommand; every error reaches here
+ * as a code: agreed errors are printed once by rank 0 and every rank exits with the code's
+ * status; an error only one rank saw is printed with its rank and aborts the job (no hang). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "error.h"
+#include "npy.h"
+
+static const char *usage =
+    "usage: attnreg COMMAND [options]   (run under mpirun/srun for several ranks)\n"
+    "\n"
+    "Commands:\n"
+    "  solve     fit X, Y by damped Newton (joint or alternating) with a ScaLAPACK Cholesky\n"
+    "  eval      loss, gradient and (optionally) the joint Hessian at given X, Y\n"
+    "  generate  write a planted problem (A, B, X_true, Y_true, X0) to a directory\n"
+    "\n"
+    "attnreg COMMAND --help lists a command's options.  attnreg --version prints the version.\n"
+    "Exit status: 0 ok, 2 usage, 3 bad input data, 4 I/O, 5 runtime/MPI/library, 6 numerical\n"
+    "failure, 75 interrupted by a signal after writing a checkpoint.";
+
+int ar_cli_parse(MPI_Comm comm, const char *use, const ar_option *opts, int nopts, int argc, char **argv, int *done)
+{
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  *done = 0;
+  AR_CALL(ar_options_parse(opts, nopts, argc, argv, 2, done));
+  if (*done && rank == 0) ar_options_print_help(stdout, use, opts, nopts);
+  return AR_OK;
+}
+
+int ar_cli_load_problem(MPI_Comm comm, const ar_common_cfg *c, ar_problem *prob)
+{
+  ar_data_paths ps = {c->a1, c->a2, c->a3, c->b};
+  static char store[4 * 4096];
+  if (c->data) AR_CALL(ar_error_agree(comm, ar_data_paths_from_dir(c->data, &ps, store)));
+  AR_CHECK(ps.a1 && ps.a2 && ps.a3 && ps.b, AR_ERR_USAGE,
+           "no input data: give --data DIR, or all of --a1 --a2 --a3 --b");
+  return ar_problem_load(comm, &ps, prob);
+}
+
+int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int rows, int cols, double *dst)
+{
+  int rank, err = AR_OK;
+  MPI_Comm_rank(comm, &rank);
+  if (rank == 0) {
+    ar_npy_header h;
+    double *a = NULL;
+    err = ar_npy_read(path, &h, &a);
+    if (!err && (h.rows != rows || h.cols != cols))
+      err = AR_ERROR(AR_ERR_DATA, "%s %s: shape %lld x %lld, expected %d x %d", option, path, (long long)h.rows,
+                     (long long)h.cols, rows, cols);
+    if (!err) memcpy(dst, a, sizeof(double) * rows * cols);
+    free(a);
+  }
+  AR_CALL(ar_error_agree(comm, err));
+  AR_CALL_MPI(MPI_Bcast(dst, rows * cols, MPI_DOUBLE, 0, comm));
+  return AR_OK;
+}
+
+int main(int argc, char **argv)
+{
+  MPI_Init(&argc, &argv);
+  MPI_Comm comm = MPI_COMM_WORLD;
+  int rank, err = AR_OK;
+  MPI_Comm_rank(comm, &rank);
+  const char *cmd = argc > 1 ? argv[1] : "";
+  if (!strcmp(cmd, "solve")) err = ar_cmd_solve(comm, argc, argv);
+  else if (!strcmp(cmd, "eval")) err = ar_cmd_eval(comm, argc, argv);
+  else if (!strcmp(cmd, "generate")) err = ar_cmd_generate(comm, argc, argv);
+  else if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+    if (rank == 0) printf("attnreg %s\n", ATTNREG_VERSION);
+  } else if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+    if (rank == 0) printf("%s\n", usage);
+  } else {
+    err = argc > 1 ? AR_ERROR(AR_ERR_USAGE, "unknown command '%s' (try attnreg --help)", cmd)
+                   : AR_ERROR(AR_ERR_USAGE, "no command given (try attnreg --help)");
+  }
+  /* Every path above agrees its errors over comm, except failures that only one rank can
+   * see; agree here too: a lone failure then ends every rank with the same status. */
+  err = ar_error_agree(comm, err);
+  if (err && rank == 0) fprintf(stderr, "attnreg: error: %s\n", ar_error_message());
+  fflush(stdout);
+  MPI_Finalize();
+  return ar_error_exit_status(err);
+}

@@ -1,0 +1,154 @@
+/* The distributed problem: row partition, loading and validating the inputs (MATH.md §5). */
+#include "problem_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "error.h"
+#include "npy.h"
+
+void ar_partition(int64_t n, int size, int rank, int64_t *r0, int64_t *r1)
+{
+  int64_t q = n / size, rem = n % size;
+  *r0 = rank * q + (rank < rem ? rank : rem);
+  *r1 = *r0 + q + (rank < rem ? 1 : 0);
+}
+
+int ar_data_paths_from_dir(const char *dir, ar_data_paths *p, char *storage)
+{
+  const size_t cap = 4096;
+  char *s[4] = {storage, storage + cap, storage + 2 * cap, storage + 3 * cap};
+  struct stat st;
+  AR_CHECK(stat(dir, &st) == 0, AR_ERR_DATA, "--data %s: no such directory", dir);
+  AR_CHECK(S_ISDIR(st.st_mode), AR_ERR_DATA, "--data %s: not a directory", dir);
+  snprintf(s[0], cap, "%s/A.npy", dir);
+  int self = stat(s[0], &st) == 0;
+  if (self) {
+    if (!p->a1) p->a1 = s[0];
+    if (!p->a2) p->a2 = s[0];
+    if (!p->a3) p->a3 = s[0];
+  } else {
+    snprintf(s[0], cap, "%s/A1.npy", dir);
+    snprintf(s[1], cap, "%s/A2.npy", dir);
+    snprintf(s[2], cap, "%s/A3.npy", dir);
+    if (!p->a1) p->a1 = s[0];
+    if (!p->a2) p->a2 = s[1];
+    if (!p->a3) p->a3 = s[2];
+  }
+  snprintf(s[3], cap, "%s/B.npy", dir);
+  if (!p->b) p->b = s[3];
+  return AR_OK;
+}
+
+static int problem_alloc(MPI_Comm comm, int64_t n, int d, int m, ar_problem *out)
+{
+  ar_problem p;
+  AR_MALLOC(p, 1);
+  *out = p;
+  MPI_Comm_dup(comm, &p->comm);
+  MPI_Comm_rank(comm, &p->rank);
+  MPI_Comm_size(comm, &p->size);
+  p->n = n, p->d = d, p->m = m;
+  ar_partition(n, p->size, p->rank, &p->r0, &p->r1);
+  p->nloc = p->r1 - p->r0;
+  AR_MALLOC(p->a1, p->nloc * d);
+  AR_MALLOC(p->b, p->nloc * m);
+  AR_MALLOC(p->a2, n * d);
+  AR_MALLOC(p->a3, n * d);
+  return AR_OK;
+}
+
+static int problem_finish(ar_problem p)
+{
+  double loc = 0;
+  for (int64_t i = 0; i < p->nloc * p->m; i++) loc += p->b[i] * p->b[i];
+  AR_CALL_MPI(MPI_Allreduce(&loc, &p->bnorm2, 1, MPI_DOUBLE, MPI_SUM, p->comm));
+  return AR_OK;
+}
+
+int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_local, const double *a2,
+                      const double *a3, const double *b_local, ar_problem *prob)
+{
+  *prob = NULL;
+  AR_CHECK(n >= 1 && d >= 1 && m >= 1, AR_ERR_DATA, "problem sizes must be positive (n=%lld d=%d m=%d)",
+           (long long)n, d, m);
+  int err = problem_alloc(comm, n, d, m, prob);
+  if (!err) {
+    ar_problem p = *prob;
+    memcpy(p->a1, a1_local, sizeof(double) * p->nloc * d);
+    memcpy(p->b, b_local, sizeof(double) * p->nloc * m);
+    memcpy(p->a2, a2, sizeof(double) * n * d);
+    memcpy(p->a3, a3, sizeof(double) * n * d);
+    err = problem_finish(p);
+  }
+  err = ar_error_agree(comm, err);
+  if (err) ar_problem_destroy(prob);
+  return err;
+}
+
+/* Collective: the shape checks every rank makes on the (broadcast) headers. */
+static int check_shapes(const ar_data_paths *ps, const ar_npy_header h[4])
+{
+  const char *name[4] = {ps->a1, ps->a2, ps->a3, ps->b};
+  for (int i = 0; i < 4; i++) {
+    AR_CHECK(h[i].ndim == 2 || i == 3, AR_ERR_DATA, "%s: must be a 2-D array (n x d), has 1 dimension", name[i]);
+    AR_CHECK(h[i].rows > 0, AR_ERR_DATA, "%s: has no rows (n = 0)", name[i]);
+    AR_CHECK(h[i].cols > 0, AR_ERR_DATA, "%s: has no columns (shape %lld x 0)", name[i], (long long)h[i].rows);
+  }
+  for (int i = 1; i < 4; i++)
+    AR_CHECK(h[i].rows == h[0].rows, AR_ERR_DATA, "%s: has %lld rows but %s has %lld (all inputs need n rows)",
+             name[i], (long long)h[i].rows, name[0], (long long)h[0].rows);
+  for (int i = 1; i < 3; i++)
+    AR_CHECK(h[i].cols == h[0].cols, AR_ERR_DATA, "%s: has %lld columns but %s has %lld (A1, A2, A3 need d columns)",
+             name[i], (long long)h[i].cols, name[0], (long long)h[0].cols);
+  AR_CHECK(h[0].cols <= 4096 && h[3].cols <= 1 << 20, AR_ERR_DATA, "%s: d = %lld is too large", name[0],
+           (long long)h[0].cols);
+  return AR_OK;
+}
+
+int ar_problem_load(MPI_Comm comm, const ar_data_paths *ps, ar_problem *prob)
+{
+  *prob = NULL;
+  ar_npy_header h[4];
+  const char *name[4] = {ps->a1, ps->a2, ps->a3, ps->b};
+  for (int i = 0; i < 4; i++) {
+    if (i > 0 && i < 3 && strcmp(name[i], name[0]) == 0) { h[i] = h[0]; continue; }
+    AR_CALL(ar_npy_read_header(comm, name[i], &h[i]));
+  }
+  AR_CALL(check_shapes(ps, h));
+  int err = problem_alloc(comm, h[0].rows, (int)h[0].cols, (int)h[3].cols, prob);
+  AR_CALL(ar_error_agree(comm, err));
+  ar_problem p = *prob;
+  int self2 = strcmp(ps->a2, ps->a1) == 0, self3 = strcmp(ps->a3, ps->a2) == 0;
+  err = ar_npy_read_rows(comm, ps->a2, &h[1], 0, p->n, p->a2);
+  if (!err && self3) memcpy(p->a3, p->a2, sizeof(double) * p->n * p->d);
+  if (!err && !self3) err = ar_npy_read_rows(comm, ps->a3, &h[2], 0, p->n, p->a3);
+  if (!err && self2) memcpy(p->a1, p->a2 + p->r0 * p->d, sizeof(double) * p->nloc * p->d);
+  if (!err && !self2) err = ar_npy_read_rows(comm, ps->a1, &h[0], p->r0, p->r1, p->a1);
+  if (!err) err = ar_npy_read_rows(comm, ps->b, &h[3], p->r0, p->r1, p->b);
+  if (!err) err = problem_finish(p);
+  err = ar_error_agree(comm, err);
+  if (err) ar_problem_destroy(prob);
+  return err;
+}
+
+void ar_problem_destroy(ar_problem *prob)
+{
+  ar_problem p = *prob;
+  if (!p) return;
+  free(p->a1), free(p->b), free(p->a2), free(p->a3);
+  if (p->comm != MPI_COMM_NULL) MPI_Comm_free(&p->comm);
+  free(p);
+  *prob = NULL;
+}
+
+void ar_problem_sizes(ar_problem p, int64_t *n, int *d, int *m)
+{
+  if (n) *n = p->n;
+  if (d) *d = p->d;
+  if (m) *m = p->m;
+}
+
+double ar_problem_bnorm2(ar_problem p) { return p->bnorm2; }

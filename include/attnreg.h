@@ -84,6 +84,9 @@ int ar_dmat_write_npy(ar_dmat A, const char *path);
  * rhs, x: global vectors of length N (replicated).  *not_pd = 1 (and x untouched) when
  * A + shift*I is not positive definite (pdpotrf info > 0). */
 int ar_dmat_shifted_solve(ar_dmat A, double shift, const double *rhs, double *x, int *not_pd);
+/* Collective: the whole matrix on every rank (N x N row-major into full).  For tests and small
+ * matrices only: the solver never calls it. */
+int ar_dmat_gather(ar_dmat A, double *full);
 /* Global: mean |A_ii| (scale for the Levenberg-Marquardt shift). */
 int ar_dmat_mean_abs_diag(ar_dmat A, double *mean);
 

@@ -139,6 +139,18 @@ int ar_dmat_write_npy(ar_dmat A, const char *path)
   return AR_OK;
 }
 
+int ar_dmat_gather(ar_dmat A, double *full)
+{
+  ar_grid g = A->g;
+  memset(full, 0, sizeof(double) * A->N * A->N);
+  for (int lj = 0; lj < A->locc; lj++)
+    for (int li = 0; li < A->locr; li++)
+      full[(size_t)ar_bc_global(li, A->nb, g->pr, g->myrow) * A->N + ar_bc_global(lj, A->nb, g->pc, g->mycol)] =
+          A->a[(size_t)lj * A->lld + li];
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, full, A->N * A->N, MPI_DOUBLE, MPI_SUM, g->comm));
+  return AR_OK;
+}
+
 int ar_dmat_mean_abs_diag(ar_dmat A, double *mean)
 {
   ar_grid g = A->g;

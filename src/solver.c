@@ -5,7 +5,7 @@
  *   loop:
  *     reason = converged(...)  in the fixed order NaN, gatol, grtol, gttol, ftol, steptol,
  *                              max_it, mu overflow, time limit, signal      -> stop if set
- *     s = mean |diag H|                              (makes mu dimensionless)
+ *     s = mean |diag H| * min(1, |g|/|g0|)        (dimensionless mu; shift -> 0 as g -> 0)
  *     solve (H + mu s I) dz = -g by pdpotrf/pdpotrs;  not positive definite -> raise mu, retry
  *     f_t = L(z + dz);  pred = -g.dz - dz.H.dz/2 = (-g.dz + mu s |dz|^2) / 2;  rho = (f - f_t) / pred
  *     rho > eta and f_t finite: accept (z += dz; f, g, H at z), shrink mu (Nielsen's rule)
@@ -118,6 +118,9 @@ static int compute_step(lm_state *s)
   double scale;
   AR_CALL(ar_dmat_mean_abs_diag(s->H, &scale));
   if (!(scale > 0) || !isfinite(scale)) scale = 1;
+  /* A shift proportional to |g| near the solution keeps Newton's quadratic rate
+   * (Yamashita-Fukushima); far away the gain-ratio rule alone controls mu. */
+  if (s->g0norm > 0 && s->gnorm < s->g0norm) scale *= s->gnorm / s->g0norm;
   for (int i = 0; i < s->N; i++) s->rhs[i] = -s->g[s->off + i];
   for (;;) {
     int not_pd = 0;

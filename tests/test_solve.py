@@ -1,0 +1,120 @@
+"""attnreg solve on planted problems: convergence, methods, rank/grid independence, hard starts."""
+import os
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from arutil import run, history, summary  # noqa: E402
+
+TMP = tempfile.mkdtemp(prefix="attnreg-solve-")
+
+
+def planted(name, **kw):
+    d = os.path.join(TMP, name)
+    if not os.path.exists(d):
+        args = ["generate", "--out", d, "--quiet"]
+        for k, v in kw.items():
+            args += ["--" + k.replace("_", "-"), v]
+        run(2, *args)
+    return d
+
+
+class PlantedJoint(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.data = planted("p512", n=512, d=8, m=8, seed=7, x_scale=0.5)
+
+    def solve(self, np_, out, *extra):
+        run(np_, "solve", "--data", self.data, "--x0", self.data + "/X0.npy", "--out", out, "--quiet", *extra)
+        return history(out + "/history.csv"), summary(out + "/summary.json")
+
+    def test_joint_quadratic(self):
+        h, s = self.solve(2, TMP + "/joint")
+        self.assertTrue(s["converged"], s["reason"])
+        self.assertLessEqual(s["rel_loss"], 1e-14)
+        self.assertLessEqual(s["iterations"], 30)
+        rel = h["rel_loss"][h["accepted"] == 1]
+        # quadratic at the end: some step takes a small relative loss L_k <= 1e-5 to <= L_k^1.6
+        quad = [(a, b) for a, b in zip(rel[:-1], rel[1:]) if 1e-28 < a <= 1e-5 and b <= a ** 1.6]
+        self.assertTrue(quad, "no quadratic step in %s" % rel)
+        # the written X, Y are the solution: eval at them agrees with the summary's loss
+        run(1, "eval", "--data", self.data, "--x", TMP + "/joint/X.npy", "--y", TMP + "/joint/Y.npy",
+            "--out", TMP + "/joint-eval", "--quiet")
+        e = summary(TMP + "/joint-eval/eval.json")
+        self.assertLessEqual(abs(e["loss"] - s["loss"]), 1e-12 * max(1.0, s["loss"]) + 1e-20)
+
+    def test_gauss_newton(self):
+        h, s = self.solve(2, TMP + "/gn", "--hessian", "gauss-newton")
+        self.assertTrue(s["converged"], s["reason"])
+        self.assertLessEqual(s["rel_loss"], 1e-14)
+
+    def test_alternating_monotone(self):
+        h, s = self.solve(2, TMP + "/alt", "--method", "alternating", "--max-iter", "40")
+        loss = h["loss"][h["accepted"] == 1]
+        self.assertTrue(np.all(np.diff(loss) <= 1e-12 * loss[:-1]), loss)
+        self.assertLess(loss[-1], 0.01 * loss[0])  # it makes real progress
+        self.assertNotEqual(s["reason"], "DIVERGED_NAN")
+
+    def test_ranks_and_grids_agree(self):
+        base_h, base = self.solve(1, TMP + "/r1")
+        X1 = np.load(TMP + "/r1/X.npy")
+        Y1 = np.load(TMP + "/r1/Y.npy")
+        for np_, extra in [(2, []), (3, []), (4, []), (4, ["--grid", "1x4"]), (4, ["--grid", "2x2"]),
+                           (4, ["--grid", "4x1", "--nb", "5"]), (3, ["--tile", "7"])]:
+            out = TMP + "/r%d%s" % (np_, "".join(extra).replace("-", ""))
+            h, s = self.solve(np_, out, *extra)
+            self.assertEqual(s["iterations"], base["iterations"], (np_, extra))
+            self.assertEqual(s["reason"], base["reason"], (np_, extra))
+            self.assertLessEqual(np.abs(np.load(out + "/X.npy") - X1).max(), 1e-8, (np_, extra))
+            self.assertLessEqual(np.abs(np.load(out + "/Y.npy") - Y1).max(), 1e-8, (np_, extra))
+
+
+class HardStarts(unittest.TestCase):
+    def test_indefinite_start(self):
+        """Far from the optimum the exact Hessian is indefinite: mu must grow and the solve go on."""
+        data = planted("far", n=256, d=4, m=4, seed=11, x_scale=1.0)
+        Y0 = np.load(data + "/Y_true.npy")
+        X0 = 4.0 * np.load(data + "/X_true.npy").T  # far away
+        np.save(TMP + "/farX0.npy", X0)
+        np.save(TMP + "/farY0.npy", -Y0)
+        run(1, "eval", "--data", data, "--x", TMP + "/farX0.npy", "--y", TMP + "/farY0.npy", "--hessian", "exact",
+            "--out", TMP + "/far-eval", "--quiet")
+        H = np.load(TMP + "/far-eval/hessian.npy")
+        self.assertLess(np.linalg.eigvalsh(H).min(), 0.0, "the start should have an indefinite Hessian")
+        out = TMP + "/far-solve"
+        run(2, "solve", "--data", data, "--x0", TMP + "/farX0.npy", "--y0", TMP + "/farY0.npy", "--max-iter", "60",
+            "--out", out, "--quiet")
+        h = history(out + "/history.csv")
+        s = summary(out + "/summary.json")
+        self.assertTrue(np.all(np.isfinite(h["loss"])))
+        self.assertTrue(np.any(np.diff(h["mu"]) > 0), "mu never grew")
+        self.assertLess(s["loss"], 0.5 * h["loss"][0])
+        self.assertNotEqual(s["reason"], "DIVERGED_NAN")
+
+
+class Ridge(unittest.TestCase):
+    def test_ridge_stationary(self):
+        ref = os.path.join(os.path.dirname(__file__), "data", "reference", "rect")
+        out = TMP + "/ridge"
+        run(2, "solve", "--data", ref, "--x0", ref + "/X.npy", "--lambda-x", "0.1", "--lambda-y", "0.05",
+            "--out", out, "--quiet")
+        s = summary(out + "/summary.json")
+        self.assertTrue(s["converged"], s["reason"])
+        # checked independently: eval's regularised gradient at the returned point
+        run(3, "eval", "--data", ref, "--x", out + "/X.npy", "--y", out + "/Y.npy", "--lambda-x", "0.1",
+            "--lambda-y", "0.05", "--out", out + "-eval", "--quiet")
+        e = summary(out + "-eval/eval.json")
+        self.assertLessEqual(e["grad_norm"], 1e-9)
+        # and by hand: the ridge gradient of Y is 2 lambda_y Y, so Y is not the unregularised one
+        run(1, "eval", "--data", ref, "--x", out + "/X.npy", "--y", out + "/Y.npy", "--out", out + "-eval0",
+            "--quiet")
+        gy = np.load(out + "-eval0/grad_Y.npy")
+        Y = np.load(out + "/Y.npy")
+        self.assertLessEqual(np.abs(gy + 2 * 0.05 * Y).max(), 1e-9)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -14,6 +14,8 @@
 #include "timing.h"
 
 extern int numroc_(const int *n, const int *nb, const int *iproc, const int *isrcproc, const int *nprocs);
+extern void pdtran_(const int *m, const int *n, const double *alpha, const double *a, const int *ia, const int *ja,
+                    const int *desca, const double *beta, double *c, const int *ic, const int *jc, const int *descc);
 
 /* Entry (I, J) of this rank's contribution, in z ordering (X entry (p,q) -> p*d+q, then Y
  * entry (k,i) -> d*d + k*m + i).  global_part: add P^T P and the ridge (one rank does). */
@@ -74,5 +76,16 @@ int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly
   free(send);
   free(counts);
   AR_CHECK(rc == MPI_SUCCESS, AR_ERR_MPI, "MPI_Reduce_scatter of the Hessian failed");
+  /* Entries (I,J) and (J,I) live on different owners, and the reduction may sum the ranks'
+   * contributions in a different order for each: restore exact symmetry, H = (H + H^T) / 2
+   * (bitwise symmetric, as addition commutes). */
+  if (g->size > 2) {
+    const int one = 1;
+    const double half = 0.5;
+    memcpy(H->fact, H->a, sizeof(double) * (size_t)H->locr * H->locc);
+    t0 = ar_wtime();
+    pdtran_(&N, &N, &half, H->fact, &one, &one, H->desc, &half, H->a, &one, &one, H->desc);
+    *t_reduce += ar_wtime() - t0;
+  }
   return AR_OK;
 }

@@ -7,10 +7,16 @@
  *   - large logits (|S| ~ 1e3, and ~50 where the X gradient is not ~0) stay finite and correct;
  * for row tiles 1, 2, auto, every process-grid factorisation and block sizes 1, 2, 5.
  * Rank 0 prints each loss with %.17g so runs at different rank counts can be compared by eye. */
+#include <float.h>
 #include <string.h>
 
 #include "attnreg.h"
 #include "testutil.h"
+
+/* 1: the Hessian must be bitwise symmetric; 0: only to 4 ulps of max |H| (always checked). */
+#ifndef TF_EXACT_SYMMETRY
+#define TF_EXACT_SYMMETRY 1
+#endif
 
 static int rank, size;
 /* largest errors seen (this rank), reported at the end */
@@ -197,7 +203,8 @@ static void run_problem(const char *name, int64_t n, int d, int m, uint64_t seed
   const int64_t tiles[3] = {1, 2, 0};
   const int nbs[3] = {1, 2, 5};
   double *g = calloc(D, sizeof(double)), *H = calloc((size_t)D * D, sizeof(double));
-  int nconf = 0;
+  int nconf = 0, nasym = 0; /* configurations whose Hessian is not bitwise symmetric */
+  char asym_first[128] = "";
   for (int it = 0; it < 3; it++) {
     ar_eval_options o;
     ar_eval_options_default(&o);
@@ -261,8 +268,15 @@ static void run_problem(const char *name, int64_t n, int d, int m, uint64_t seed
                    (long long)tiles[it], gpr, gpc, nbs[ib], kn, e);
           e = sym_err(H, D);
           UPD(e_sym, e);
-          TU_CHECK(e == 0, "%s tile %lld grid %dx%d nb %d %s Hessian not exactly symmetric: max |H-H^T| %.3g", name,
-                   (long long)tiles[it], gpr, gpc, nbs[ib], kn, e);
+          double hmax = 0;
+          for (int i = 0; i < D * D; i++) hmax = fmax(hmax, fabs(H[i]));
+          TU_CHECK(e <= 4 * DBL_EPSILON * hmax, "%s tile %lld grid %dx%d nb %d %s Hessian asymmetric: max |H-H^T| %.3g",
+                   name, (long long)tiles[it], gpr, gpc, nbs[ib], kn, e);
+          if (e != 0) {
+            if (!nasym) snprintf(asym_first, sizeof asym_first, "tile %lld grid %dx%d nb %d %s", (long long)tiles[it],
+                                 gpr, gpc, nbs[ib], kn);
+            nasym++;
+          }
           check_replicated(name, H, D * D);
         }
         ar_dmat_destroy(&Hd);
@@ -271,6 +285,11 @@ static void run_problem(const char *name, int64_t n, int d, int m, uint64_t seed
     }
     ar_eval_destroy(&ev);
   }
+
+  /* Exact symmetry (one check per problem; the gathered H is the same on every rank). */
+  if (TF_EXACT_SYMMETRY && rank == 0)
+    TU_CHECK(nasym == 0, "%s: %d of %d Hessians not bitwise symmetric (largest |H-H^T| in this run so far %.3g), first: %s", name,
+             nasym, nconf, e_sym, asym_first);
 
   /* ridge: same configuration with and without lambda */
   {
@@ -307,8 +326,8 @@ static void run_problem(const char *name, int64_t n, int d, int m, uint64_t seed
   }
 
   if (rank == 0)
-    printf("%-10s n=%-3lld d=%d m=%d  max|S|=%-9.3g loss=%.17g  (%d configurations)\n", name, (long long)n, d, m, smax,
-           Lref, nconf);
+    printf("%-9s n=%-3lld d=%d m=%d  max|S|=%-8.3g max|gX|/max|g|=%-8.2g loss=%.17g  (%d configs)\n", name,
+           (long long)n, d, m, smax, gxmax / gmax, Lref, nconf);
   fflush(stdout);
 
   free(g), free(H), free(gfd), free(Hfd), free(gp), free(gm), free(J), free(Cp), free(Cm), free(GNfd);
@@ -332,7 +351,7 @@ int main(int argc, char **argv)
   run_problem("3x2x3", 3, 2, 3, 13, 1 / sqrt(2.0), 0.5, 0, 0, 0);
   run_problem("9x3x3", 9, 3, 3, 14, 1 / sqrt(3.0), 0.5, 0, 0, 0);
   /* moderately large logits (~50): softmax peaked but grad_X clearly non-zero */
-  run_problem("logit50", 8, 3, 3, 15, 1.0, 15.0, 1e-5, 0, 30);
+  run_problem("logit50", 8, 3, 3, 15, 1.0, 5.0, 1e-5, 0, 30);
   /* logits ~1e3: exp would overflow without the max shift; softmax saturated */
   run_problem("logit1e3", 8, 3, 3, 16, 1.0, 300.0, 1e-5, 1, 710);
 

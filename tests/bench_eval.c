@@ -1,0 +1,108 @@
+/* Benchmark of one evaluation of L, grad L and the exact joint Hessian (not a test).
+ * Usage: bench_eval N D M REPS [hessian: exact|gn|none]
+ * Prints the wall time (best of REPS), the flops by the model of MATH.md §2-§3, the achieved
+ * GFLOP/s, a DGEMM rate measured in the same run (2048^3, best of 3) and the ratio, and the
+ * peak RSS per rank.  Data: planted-like random inputs made in memory on every rank. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attnreg.h"
+#include "timing.h"
+
+static double dgemm_rate(void)
+{
+  const int n = 2048;
+  double *a = malloc(sizeof(double) * n * n), *b = malloc(sizeof(double) * n * n), *c = malloc(sizeof(double) * n * n);
+  for (long i = 0; i < (long)n * n; i++) a[i] = b[i] = 1.0 / (1 + i % 7), c[i] = 0;
+  double best = 1e30;
+  for (int r = 0; r < 3; r++) {
+    double t = ar_wtime();
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    t = ar_wtime() - t;
+    best = t < best ? t : best;
+  }
+  free(a), free(b), free(c);
+  return 2.0 * n * n * n / best * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+  MPI_Init(&argc, &argv);
+  int rank, size;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (argc < 5) {
+    if (rank == 0) fprintf(stderr, "usage: bench_eval N D M REPS [exact|gn|none]\n");
+    MPI_Finalize();
+    return 2;
+  }
+  const int64_t n = atoll(argv[1]);
+  const int d = atoi(argv[2]), m = atoi(argv[3]), reps = atoi(argv[4]);
+  const char *hs = argc > 5 ? argv[5] : "exact";
+  ar_hessian_kind hk = !strcmp(hs, "none") ? AR_HESS_NONE : !strcmp(hs, "gn") ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT;
+  int64_t r0, r1;
+  ar_partition(n, size, rank, &r0, &r1);
+  double *a1 = malloc(sizeof(double) * ((r1 - r0) * d + 1)), *a2 = malloc(sizeof(double) * n * d);
+  double *a3 = malloc(sizeof(double) * n * d), *b = malloc(sizeof(double) * ((r1 - r0) * m + 1));
+  double *X = malloc(sizeof(double) * d * d), *Y = malloc(sizeof(double) * d * m);
+  double *g = malloc(sizeof(double) * (d * d + d * m));
+  const double sa = 1.0 / sqrt((double)d);
+  for (int64_t i = 0; i < n * d; i++) a2[i] = sa * ar_normal(1, 2, i), a3[i] = sa * ar_normal(1, 3, i);
+  for (int64_t i = 0; i < (r1 - r0) * d; i++) a1[i] = sa * ar_normal(1, 1, r0 * d + i);
+  for (int64_t i = 0; i < (r1 - r0) * m; i++) b[i] = ar_normal(1, 4, r0 * m + i);
+  for (int i = 0; i < d * d; i++) X[i] = ar_normal(1, 5, i);
+  for (int i = 0; i < d * m; i++) Y[i] = ar_normal(1, 6, i);
+  double rate = rank == 0 ? dgemm_rate() : 0;
+  MPI_Bcast(&rate, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  ar_problem prob;
+  ar_grid grid;
+  ar_dmat H = NULL;
+  ar_eval ev;
+  ar_eval_options eo;
+  ar_eval_options_default(&eo);
+  if (ar_problem_create(MPI_COMM_WORLD, n, d, m, a1, a2, a3, b, &prob) || ar_grid_create(MPI_COMM_WORLD, 0, 0, &grid) ||
+      (hk && ar_dmat_create(grid, d * d + d * m, 0, &H)) || ar_eval_create(prob, &eo, &ev)) {
+    fprintf(stderr, "bench_eval: %s\n", ar_error_message());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  free(a1), free(a2), free(a3), free(b);
+  double best = 1e30, bk = 0, bh = 0, br = 0, flops = 0;
+  for (int r = 0; r < reps; r++) {
+    ar_eval_out out = {.grad = g, .hess = H};
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t = ar_wtime();
+    if (ar_eval_compute(ev, X, Y, hk, &out)) MPI_Abort(MPI_COMM_WORLD, 1);
+    t = ar_wtime() - t;
+    MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (t < best) best = t, bk = out.t_kernel, bh = out.t_hess, br = out.t_reduce, flops = out.flops;
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &flops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  /* The model of MATH.md: gradient 2n^2(3d+m); exact Hessian 2n^2d^2 + n^2d^2 + nd^4/2 + 2nd^3m. */
+  const double N = (double)n;
+  double model = 2 * N * N * (3.0 * d + m);
+  if (hk == AR_HESS_EXACT) model += 3 * N * N * d * d + N * pow(d, 4) / 2 + 2 * N * pow(d, 3) * m;
+  if (hk == AR_HESS_GAUSS_NEWTON) model += 2 * N * N * d * d + N * pow(d, 4) / 2 + 2 * N * pow(d, 3) * m;
+  double rss = ar_peak_rss_mb(), rss_max;
+  MPI_Reduce(&rss, &rss_max, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+  if (rank == 0) {
+    printf("bench_eval n=%lld d=%d m=%d ranks=%d hessian=%s tile=%lld reps=%d\n", (long long)n, d, m, size, hs,
+           (long long)ar_eval_tile(ev), reps);
+    printf("  wall time (best)       %10.4f s   (rank 0: kernel %.4f, hessian %.4f, reduction %.4f)\n", best, bk, bh,
+           br);
+    printf("  model flops            %10.4g     (executed GEMM flops %.4g)\n", model, flops);
+    printf("  achieved               %10.2f GFLOP/s (model flops / time, all ranks)\n", model / best * 1e-9);
+    printf("  DGEMM, same run        %10.2f GFLOP/s per rank (2048^3, best of 3)\n", rate);
+    printf("  fraction of DGEMM      %10.1f %%   (achieved / (ranks x DGEMM))\n", 100 * model / best * 1e-9 / (rate * size));
+    printf("  peak RSS per rank (max) %9.1f MB\n", rss_max);
+  }
+  ar_eval_destroy(&ev);
+  ar_dmat_destroy(&H);
+  ar_grid_destroy(&grid);
+  ar_problem_destroy(&prob);
+  free(X), free(Y), free(g);
+  MPI_Finalize();
+  return 0;
+}

@@ -2,14 +2,17 @@
  *
  * For a tile of r rows j (MATH.md §2-§3; every heavy step is one GEMM):
  *   S = (A1_t X) A2^T,  F = softmax_rows(S)           r x n   (never more than one tile)
- *   P = F A3,  C = P Y - B_t,  L += ||C||^2
- *   U = C V^T,  FU = F o U,  fu = rowsum(FU),  G = 2 (FU - F o fu 1^T)
- *   grad_X += A1_t^T (G A2),  grad_Y += 2 P^T C,  P^T P += P^T P
+ *   F [A3 | A2 | R23] = [P | beta | F R23]            (loss only: F A3 = P)
+ *   C = P Y - B_t,  L += ||C||^2
+ *   U = C V^T,  W = F o U - F o fu 1^T = G/2,  fu = rowsum(F o U)
+ *   W [A2 | R22] = [W A2 | A2^T diag(w_j) A2 over pairs]   (gradient only: W A2)
+ *   grad_X += 2 A1_t^T (W A2),  grad_Y += 2 P^T C,  P^T P += P^T P
  * and for the Hessian
- *   beta = F A2,  alpha = FU A2,  E = F R23 - beta (x) p,  M = E Y   (E_j, M_j of §3)
- *   A2^T diag(w_j) A2 = (G/2) R22 (symmetric pairs),  N_j = 2 (M_j M_j^T + T_j)
- *   hpair += K^T N (pairs of p and of q),  t1 += (A1 o C)^T E,  t2 += (A1 o P)^T M.
- * Gauss-Newton drops T_j and t1.  The parts are reduced and expanded in hessian.c. */
+ *   alpha = W A2 + fu beta (= A2^T (f o u)),  E = F R23 - beta (x) p,  M = E Y   (E_j, M_j of §3)
+ *   N_j = 2 (M_j M_j^T + T_j),  hpair += K^T N (pairs of p and of q),
+ *   t1 += (A1 o C)^T E,  t2 += (A1 o P)^T M.
+ * Gauss-Newton drops T_j and t1.  The parts are reduced and expanded in hessian.c.
+ * The two tables [A3 | A2 | R23] and [A2 | R22] depend only on the data: built once. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -24,13 +27,16 @@ struct ar_eval_s {
   ar_eval_options opt;
   int64_t tile;
   int npair;
-  double *r23;   /* n x d^2:       R23[l,(q,k)] = a2_lq a3_lk */
-  double *r22;   /* n x npair:     R22[l,{q<=q'}] = a2_lq a2_lq' */
+  double *t3;    /* n x ld3: [A3 | A2 | R23], R23[l,(q,k)] = a2_lq a3_lk */
+  double *t2;    /* n x ld2: [A2 | R22],      R22[l,{q<=q'}] = a2_lq a2_lq' */
+  int ld3, ld2;
   double *v;     /* n x m:         V = A3 Y */
   /* tile work arrays */
   double *s, *u; /* r x n: S then F; U then FU then G */
-  double *t1x, *pt, *ct, *ga2, *beta, *alpha, *fu;
-  double *e, *mm, *wr, *nsym, *k, *z1, *z2;
+  double *t1x, *pt, *ct, *beta, *alpha, *fu;
+  double *ft;    /* r x ld3: F [A3 | A2 | R23] */
+  double *wt;    /* r x ld2: W [A2 | R22] */
+  double *e, *mm, *nsym, *k, *z1, *z2, *mmt;
   ar_hess_parts parts;
   double *red;   /* reduction buffer: loss, grad_X, grad_Y, PtP */
 };
@@ -39,13 +45,13 @@ void ar_eval_options_default(ar_eval_options *o)
 {
   memset(o, 0, sizeof *o);
   o->tile = 0;
-  o->tile_mem_mb = 256;
+  o->tile_mem_mb = 32; /* small tiles keep F in cache between the passes over it */
 }
 
 /* Doubles of tile work per row of the tile. */
 static double tile_row_doubles(int64_t n, int d, int m, int npair)
 {
-  return 2.0 * n + 2.0 * d * d + 3.0 * npair + 2.0 * d * m + 6.0 * d + 2.0 * m + 1;
+  return 2.0 * n + 3.0 * d * d + 3.0 * npair + 2.0 * d * m + 8.0 * d + 2.0 * m + 1;
 }
 
 static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha,
@@ -86,25 +92,27 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
 #define ALLOC(ptr, cnt) \
   if (!err && !((ptr) = calloc((cnt) > 0 ? (size_t)(cnt) : 1, sizeof(double)))) \
     err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (reduce --tile or n)", #ptr, 8.0 * (double)(cnt) / 1048576.0)
-    ALLOC(ev->r23, n * d * d);
-    ALLOC(ev->r22, n * np);
+    ev->ld3 = 2 * d + d * d, ev->ld2 = d + np;
+    ALLOC(ev->t3, n * ev->ld3);
+    ALLOC(ev->t2, n * ev->ld2);
     ALLOC(ev->v, n * m);
     ALLOC(ev->s, r * n);
     ALLOC(ev->u, r * n);
     ALLOC(ev->t1x, r * d);
     ALLOC(ev->pt, r * d);
     ALLOC(ev->ct, r * m);
-    ALLOC(ev->ga2, r * d);
+    ALLOC(ev->ft, r * ev->ld3);
+    ALLOC(ev->wt, r * ev->ld2);
     ALLOC(ev->beta, r * d);
     ALLOC(ev->alpha, r * d);
     ALLOC(ev->fu, r);
     ALLOC(ev->e, r * d * d);
     ALLOC(ev->mm, r * d * m);
-    ALLOC(ev->wr, r * np);
     ALLOC(ev->nsym, r * np);
     ALLOC(ev->k, r * np);
     ALLOC(ev->z1, r * d * m);
     ALLOC(ev->z2, r * d * d);
+    ALLOC(ev->mmt, d * d);
     ALLOC(ev->parts.hpair, (int64_t)np * np);
     ALLOC(ev->parts.t1, (int64_t)d * m * d * d);
     ALLOC(ev->parts.t2, (int64_t)d * d * d * m);
@@ -114,11 +122,14 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
     ev->parts.d = d, ev->parts.m = m, ev->parts.npair = np;
     if (!err) {
       const double *a2 = p->a2, *a3 = p->a3;
-      for (int64_t l = 0; l < n; l++)
+      for (int64_t l = 0; l < n; l++) {
+        double *t3 = ev->t3 + l * ev->ld3, *t2 = ev->t2 + l * ev->ld2;
         for (int q = 0; q < d; q++) {
-          for (int k = 0; k < d; k++) ev->r23[l * d * d + q * d + k] = a2[l * d + q] * a3[l * d + k];
-          for (int qq = q; qq < d; qq++) ev->r22[l * np + ar_pair(d, q, qq)] = a2[l * d + q] * a2[l * d + qq];
+          t3[q] = a3[l * d + q], t3[d + q] = a2[l * d + q], t2[q] = a2[l * d + q];
+          for (int k = 0; k < d; k++) t3[2 * d + q * d + k] = a2[l * d + q] * a3[l * d + k];
+          for (int qq = q; qq < d; qq++) t2[d + ar_pair(d, q, qq)] = a2[l * d + q] * a2[l * d + qq];
         }
+      }
     }
   }
   err = ar_error_agree(p->comm, err);
@@ -130,8 +141,8 @@ void ar_eval_destroy(ar_eval *pev)
 {
   ar_eval ev = *pev;
   if (!ev) return;
-  double *bufs[] = {ev->r23, ev->r22, ev->v, ev->s, ev->u, ev->t1x, ev->pt, ev->ct, ev->ga2, ev->beta,
-                    ev->alpha, ev->fu, ev->e, ev->mm, ev->wr, ev->nsym, ev->k, ev->z1, ev->z2,
+  double *bufs[] = {ev->t3, ev->t2, ev->v, ev->s, ev->u, ev->t1x, ev->pt, ev->ct, ev->ft, ev->wt, ev->beta,
+                    ev->alpha, ev->fu, ev->e, ev->mm, ev->nsym, ev->k, ev->z1, ev->z2, ev->mmt,
                     ev->parts.hpair, ev->parts.t1, ev->parts.t2, ev->parts.ptp, ev->red};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
   free(ev);
@@ -152,48 +163,53 @@ static void softmax_rows(double *s, int64_t r, int64_t n)
   }
 }
 
-/* Forward pass of one tile: F (in ev->s) and P = F A3 (in ev->pt). */
-static void tile_forward(ar_eval ev, const double *X, const double *a1t, int64_t r, double *flops)
+/* Forward pass of one tile: F (in ev->s) and P = F A3 (in ev->pt); with_hess: also
+ * beta = F A2 and F R23 (in ev->ft), from one GEMM against [A3 | A2 | R23]. */
+static void tile_forward(ar_eval ev, const double *X, const double *a1t, int64_t r, int with_hess, double *flops)
 {
   ar_problem p = ev->p;
   const int64_t n = p->n;
-  const int d = p->d;
+  const int d = p->d, ld3 = ev->ld3;
   gemm(CblasNoTrans, CblasNoTrans, r, d, d, 1.0, a1t, d, X, d, 0.0, ev->t1x, d, flops);
   gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->t1x, d, p->a2, d, 0.0, ev->s, n, flops);
   softmax_rows(ev->s, r, n);
-  gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, ev->s, n, p->a3, d, 0.0, ev->pt, d, flops);
+  if (!with_hess) {
+    gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, ev->s, n, ev->t3, ld3, 0.0, ev->pt, d, flops);
+    return;
+  }
+  gemm(CblasNoTrans, CblasNoTrans, r, ld3, n, 1.0, ev->s, n, ev->t3, ld3, 0.0, ev->ft, ld3, flops);
+  for (int64_t j = 0; j < r; j++)
+    for (int q = 0; q < d; q++) ev->pt[j * d + q] = ev->ft[j * ld3 + q], ev->beta[j * d + q] = ev->ft[j * ld3 + d + q];
 }
 
-/* Hessian parts of one tile (F in ev->s, G in ev->u, P, C, fu, alpha already there). */
+/* Hessian parts of one tile (ft, wt, P, beta, alpha, C, fu already there). */
 static void tile_hessian(ar_eval ev, const double *Y, const double *a1t, int64_t r, ar_hessian_kind hk,
                          double *flops)
 {
   ar_problem p = ev->p;
-  const int64_t n = p->n;
   const int d = p->d, m = p->m, np = ev->npair, dd = d * d, dm = d * m;
   const int exact = hk == AR_HESS_EXACT;
   double *E = ev->e, *M = ev->mm;
-  gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, ev->s, n, p->a2, d, 0.0, ev->beta, d, flops);
-  gemm(CblasNoTrans, CblasNoTrans, r, dd, n, 1.0, ev->s, n, ev->r23, dd, 0.0, E, dd, flops);
-  for (int64_t j = 0; j < r; j++)
+  for (int64_t j = 0; j < r; j++) {
+    const double *fr23 = ev->ft + j * ev->ld3 + 2 * d;
     for (int q = 0; q < d; q++)
-      for (int k = 0; k < d; k++) E[j * dd + q * d + k] -= ev->beta[j * d + q] * ev->pt[j * d + k];
+      for (int k = 0; k < d; k++) E[j * dd + q * d + k] = fr23[q * d + k] - ev->beta[j * d + q] * ev->pt[j * d + k];
+  }
   gemm(CblasNoTrans, CblasNoTrans, r * d, m, d, 1.0, E, d, Y, m, 0.0, M, m, flops);
-  if (exact) gemm(CblasNoTrans, CblasNoTrans, r, np, n, 0.5, ev->u, n, ev->r22, np, 0.0, ev->wr, np, flops);
   /* N_j over symmetric pairs, and K_j = a1_j a1_j^T over symmetric pairs */
   for (int64_t j = 0; j < r; j++) {
     const double *Mj = M + j * dm, *al = ev->alpha + j * d, *be = ev->beta + j * d, *a1j = a1t + j * d;
-    double *Nj = ev->nsym + j * np, *Kj = ev->k + j * np, fu = ev->fu[j];
+    double *Nj = ev->nsym + j * np, *Kj = ev->k + j * np, fu = ev->fu[j], *mmt = ev->mmt;
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, d, m, 1.0, Mj, m, 0.0, mmt, d); /* M_j M_j^T */
     for (int q = 0; q < d; q++)
       for (int qq = q; qq < d; qq++) {
-        double mmt = 0;
-        for (int i = 0; i < m; i++) mmt += Mj[q * m + i] * Mj[qq * m + i];
-        double t = exact ? ev->wr[j * np + ar_pair(d, q, qq)] - al[q] * be[qq] - be[q] * al[qq] + 2 * fu * be[q] * be[qq]
+        double t = exact ? ev->wt[j * ev->ld2 + d + ar_pair(d, q, qq)] - al[q] * be[qq] - be[q] * al[qq] +
+                               2 * fu * be[q] * be[qq]
                          : 0.0;
-        Nj[ar_pair(d, q, qq)] = 2 * (mmt + t);
+        Nj[ar_pair(d, q, qq)] = 2 * (mmt[q * d + qq] + t);
         Kj[ar_pair(d, q, qq)] = a1j[q] * a1j[qq];
       }
-    *flops += (double)np * (2.0 * m + 8);
+    *flops += (double)np * (2.0 * m + 8); /* dsyrk + the pair loop */
   }
   gemm(CblasTrans, CblasNoTrans, np, np, r, 1.0, ev->k, np, ev->nsym, np, 1.0, ev->parts.hpair, np, flops);
   /* H_xy terms: Z1[j,(p,i)] = a1_jp C[j,i], Z2[j,(p,k)] = a1_jp P[j,k] */
@@ -226,7 +242,7 @@ int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
   for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
     const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
     const double *a1t = p->a1 + j0 * d, *bt = p->b + j0 * m;
-    tile_forward(ev, X, a1t, r, &flops);
+    tile_forward(ev, X, a1t, r, hk != AR_HESS_NONE, &flops);
     double *C = ev->ct;
     memcpy(C, bt, sizeof(double) * r * m);
     gemm(CblasNoTrans, CblasNoTrans, r, m, d, 1.0, ev->pt, d, Y, m, -1.0, C, m, &flops);
@@ -239,12 +255,14 @@ int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
       for (int64_t l = 0; l < n; l++) s += (U[j * n + l] *= F[j * n + l]);
       ev->fu[j] = s;
     }
-    if (hk != AR_HESS_NONE)
-      gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, U, n, p->a2, d, 0.0, ev->alpha, d, &flops);
     for (int64_t j = 0; j < r; j++)
-      for (int64_t l = 0; l < n; l++) U[j * n + l] = 2.0 * (U[j * n + l] - F[j * n + l] * ev->fu[j]);
-    gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, U, n, p->a2, d, 0.0, ev->ga2, d, &flops);
-    gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, a1t, d, ev->ga2, d, 1.0, gX, d, &flops);
+      for (int64_t l = 0; l < n; l++) U[j * n + l] -= F[j * n + l] * ev->fu[j]; /* W = G / 2 */
+    const int ld2 = ev->ld2;
+    gemm(CblasNoTrans, CblasNoTrans, r, hk != AR_HESS_NONE ? ld2 : d, n, 1.0, U, n, ev->t2, ld2, 0.0, ev->wt, ld2, &flops);
+    gemm(CblasTrans, CblasNoTrans, d, d, r, 2.0, a1t, d, ev->wt, ld2, 1.0, gX, d, &flops);
+    if (hk != AR_HESS_NONE)
+      for (int64_t j = 0; j < r; j++)
+        for (int q = 0; q < d; q++) ev->alpha[j * d + q] = ev->wt[j * ld2 + q] + ev->fu[j] * ev->beta[j * d + q];
     gemm(CblasTrans, CblasNoTrans, d, m, r, 2.0, ev->pt, d, C, m, 1.0, gY, m, &flops);
     gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, ev->pt, d, ev->pt, d, 1.0, ptp, d, &flops);
     if (hk != AR_HESS_NONE) {
@@ -286,7 +304,7 @@ int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *P
   memset(PtB, 0, sizeof(double) * d * m);
   for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
     const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-    tile_forward(ev, X, p->a1 + j0 * d, r, &flops);
+    tile_forward(ev, X, p->a1 + j0 * d, r, 0, &flops);
     gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, ev->pt, d, ev->pt, d, 1.0, PtP, d, &flops);
     gemm(CblasTrans, CblasNoTrans, d, m, r, 1.0, ev->pt, d, p->b + j0 * m, m, 1.0, PtB, m, &flops);
   }

@@ -19,6 +19,9 @@ extern void descinit_(int *desc, const int *m, const int *n, const int *mb, cons
                       const int *icsrc, const int *ictxt, const int *lld, int *info);
 extern void pdpotrf_(const char *uplo, const int *n, double *a, const int *ia, const int *ja, const int *desca,
                      int *info);
+extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+extern void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b,
+                    const int *ldb, int *info);
 extern void pdpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *ia, const int *ja,
                      const int *desca, double *b, const int *ib, const int *jb, const int *descb, int *info);
 
@@ -178,6 +181,21 @@ int ar_dmat_shifted_solve(ar_dmat A, double shift, const double *rhs, double *x,
   }
   int info = 0;
   double t0 = MPI_Wtime();
+  if (g->size == 1) {
+    /* One process: ScaLAPACK would only add PBLAS overhead to LAPACK's blocked Cholesky. */
+    dpotrf_("L", &N, A->fact, &A->lld, &info);
+    A->t_factor += MPI_Wtime() - t0;
+    A->nfactor++;
+    AR_CHECK(info >= 0, AR_ERR_LIB, "dpotrf: argument %d had an illegal value", -info);
+    *not_pd = info > 0;
+    if (*not_pd) return AR_OK;
+    t0 = MPI_Wtime();
+    memcpy(x, rhs, sizeof(double) * N);
+    dpotrs_("L", &N, &one, A->fact, &A->lld, x, &N, &info);
+    A->t_solve += MPI_Wtime() - t0;
+    AR_CHECK(info == 0, AR_ERR_LIB, "dpotrs: argument %d had an illegal value", -info);
+    return AR_OK;
+  }
   pdpotrf_("L", &N, A->fact, &one, &one, A->desc, &info);
   A->t_factor += MPI_Wtime() - t0;
   A->nfactor++;

@@ -17,31 +17,32 @@ extern int numroc_(const int *n, const int *nb, const int *iproc, const int *isr
 extern void pdtran_(const int *m, const int *n, const double *alpha, const double *a, const int *ia, const int *ja,
                     const int *desca, const double *beta, double *c, const int *ic, const int *jc, const int *descc);
 
+/* Index tables: z index I -> (hi, lo) = (p, q) for X entries, (k, i) for Y entries, and the
+ * symmetric pair numbers; they keep divisions out of the D x D loop. */
+typedef struct {
+  int *hi, *lo, *pair; /* pair[a * d + b] = ar_pair of (min, max) */
+} index_tables;
+
 /* Entry (I, J) of this rank's contribution, in z ordering (X entry (p,q) -> p*d+q, then Y
  * entry (k,i) -> d*d + k*m + i).  global_part: add P^T P and the ridge (one rank does). */
-static double entry(const ar_hess_parts *h, int I, int J, int global_part, double lx, double ly)
+static double entry(const ar_hess_parts *h, const index_tables *t, int I, int J, int global_part, double lx,
+                    double ly)
 {
   const int d = h->d, m = h->m, dd = d * d, dm = d * m;
   if (I >= dd && J < dd) {
-    int t = I;
-    I = J, J = t;
+    int tmp = I;
+    I = J, J = tmp;
   }
-  double v;
   if (J < dd) {
-    int p = I / d, q = I % d, pp = J / d, qq = J % d;
-    int a = p < pp ? ar_pair(d, p, pp) : ar_pair(d, pp, p);
-    int b = q < qq ? ar_pair(d, q, qq) : ar_pair(d, qq, q);
-    v = h->hpair[(size_t)a * h->npair + b];
-    if (global_part && I == J) v += 2 * lx;
-  } else if (I < dd) {
-    int p = I / d, q = I % d, k = (J - dd) / m, i = (J - dd) % m;
-    v = 2 * (h->t1[(size_t)(p * m + i) * dd + q * d + k] + h->t2[(size_t)(p * d + k) * dm + q * m + i]);
-  } else {
-    int k = (I - dd) / m, i = (I - dd) % m, kk = (J - dd) / m, ii = (J - dd) % m;
-    v = 0;
-    if (global_part && i == ii) v = 2 * h->ptp[k * d + kk] + (I == J ? 2 * ly : 0);
+    double v = h->hpair[(size_t)t->pair[t->hi[I] * d + t->hi[J]] * h->npair + t->pair[t->lo[I] * d + t->lo[J]]];
+    return global_part && I == J ? v + 2 * lx : v;
   }
-  return v;
+  if (I < dd) {
+    int p = t->hi[I], q = t->lo[I], k = t->hi[J], i = t->lo[J];
+    return 2 * (h->t1[(size_t)(p * m + i) * dd + q * d + k] + h->t2[(size_t)(p * d + k) * dm + q * m + i]);
+  }
+  if (!global_part || t->lo[I] != t->lo[J]) return 0;
+  return 2 * h->ptp[t->hi[I] * d + t->hi[J]] + (I == J ? 2 * ly : 0);
 }
 
 int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly, ar_dmat H, double *t_reduce)
@@ -58,6 +59,17 @@ int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly
     free(counts);
     return AR_ERROR(AR_ERR_MEM, "out of memory: Hessian send buffer of %.1f MB", 8.0 * N * N / 1048576.0);
   }
+  index_tables t = {malloc(sizeof(int) * N), malloc(sizeof(int) * N), malloc(sizeof(int) * h->d * h->d)};
+  if (!t.hi || !t.lo || !t.pair) {
+    free(t.hi), free(t.lo), free(t.pair), free(send), free(counts);
+    return AR_ERROR(AR_ERR_MEM, "out of memory (Hessian index tables)");
+  }
+  for (int I = 0; I < N; I++) {
+    int X = I < h->d * h->d, J = X ? I : I - h->d * h->d, w = X ? h->d : h->m;
+    t.hi[I] = J / w, t.lo[I] = J % w;
+  }
+  for (int a = 0; a < h->d; a++)
+    for (int b = 0; b < h->d; b++) t.pair[a * h->d + b] = a <= b ? ar_pair(h->d, a, b) : ar_pair(h->d, b, a);
   size_t off = 0;
   const int global_part = g->rank == 0;
   for (int prow = 0; prow < g->pr; prow++)
@@ -67,7 +79,7 @@ int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly
       for (int lj = 0; lj < lc; lj++) {
         int J = ar_bc_global(lj, nb, g->pc, pcol);
         for (int li = 0; li < lr; li++)
-          send[off++] = entry(h, ar_bc_global(li, nb, g->pr, prow), J, global_part, lx, ly);
+          send[off++] = entry(h, &t, ar_bc_global(li, nb, g->pr, prow), J, global_part, lx, ly);
       }
     }
   double t0 = ar_wtime();
@@ -75,6 +87,7 @@ int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly
   *t_reduce = ar_wtime() - t0;
   free(send);
   free(counts);
+  free(t.hi), free(t.lo), free(t.pair);
   AR_CHECK(rc == MPI_SUCCESS, AR_ERR_MPI, "MPI_Reduce_scatter of the Hessian failed");
   /* Entries (I,J) and (J,I) live on different owners, and the reduction may sum the ranks'
    * contributions in a different order for each: restore exact symmetry, H = (H + H^T) / 2

@@ -20,6 +20,7 @@
 
 #include "error.h"
 #include "problem_impl.h"
+#include "softmax.h"
 #include "timing.h"
 
 struct ar_eval_s {
@@ -151,18 +152,6 @@ void ar_eval_destroy(ar_eval *pev)
 
 int64_t ar_eval_tile(ar_eval ev) { return ev->tile; }
 
-/* Stable row softmax of r x n logits in place (subtract the row maximum: logits of 1e3 work). */
-static void softmax_rows(double *s, int64_t r, int64_t n)
-{
-  for (int64_t j = 0; j < r; j++) {
-    double *row = s + j * n, mx = row[0], sum = 0;
-    for (int64_t l = 1; l < n; l++) mx = row[l] > mx ? row[l] : mx;
-    for (int64_t l = 0; l < n; l++) sum += (row[l] = exp(row[l] - mx));
-    double inv = 1.0 / sum;
-    for (int64_t l = 0; l < n; l++) row[l] *= inv;
-  }
-}
-
 /* Forward pass of one tile: F (in ev->s) and P = F A3 (in ev->pt); with_hess: also
  * beta = F A2 and F R23 (in ev->ft), from one GEMM against [A3 | A2 | R23]. */
 static void tile_forward(ar_eval ev, const double *X, const double *a1t, int64_t r, int with_hess, double *flops)
@@ -172,7 +161,7 @@ static void tile_forward(ar_eval ev, const double *X, const double *a1t, int64_t
   const int d = p->d, ld3 = ev->ld3;
   gemm(CblasNoTrans, CblasNoTrans, r, d, d, 1.0, a1t, d, X, d, 0.0, ev->t1x, d, flops);
   gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->t1x, d, p->a2, d, 0.0, ev->s, n, flops);
-  softmax_rows(ev->s, r, n);
+  ar_softmax_rows(ev->s, r, n);
   if (!with_hess) {
     gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, ev->s, n, ev->t3, ld3, 0.0, ev->pt, d, flops);
     return;

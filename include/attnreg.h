@@ -11,12 +11,13 @@
 #define ATTNREG_H
 
 #include <mpi.h>
+#include <signal.h>
 #include <stdint.h>
 
 #define ATTNREG_VERSION "0.1.0"
 
 /* Error codes with their process exit status (usage 2, data 3, I/O 4, runtime 5, numeric 6,
- * interrupted with checkpoint 75).  One list: enum, strings and exit codes cannot drift. */
+ * stopped by SIGTERM/SIGUSR1 75).  One list: enum, strings and exit codes cannot drift. */
 #define AR_ERROR_MAP(X)                                                   \
   X(AR_OK, 0, "success")                                                  \
   X(AR_ERR_USAGE, 2, "invalid command line")                              \
@@ -27,7 +28,7 @@
   X(AR_ERR_LIB, 5, "BLAS/ScaLAPACK error")                                \
   X(AR_ERR_INTERNAL, 5, "internal error")                                 \
   X(AR_ERR_NUMERIC, 6, "numerical failure")                               \
-  X(AR_ERR_INTERRUPTED, 75, "interrupted by a signal (checkpoint written)")
+  X(AR_ERR_INTERRUPTED, 75, "stopped by a signal (checkpoint written if --checkpoint was given)")
 
 typedef enum {
 #define AR_ERR_ENUM(name, status, text) name,
@@ -61,6 +62,9 @@ int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_l
 void ar_problem_destroy(ar_problem *prob);  /* not collective; NULLs *prob */
 void ar_problem_sizes(ar_problem prob, int64_t *n, int *d, int *m); /* global */
 double ar_problem_bnorm2(ar_problem prob);  /* global: ||B||_F^2 */
+/* Global: a 64-bit fingerprint of (n, d, m, A1, A2, A3, B), independent of the rank count
+ * (a sum of per-entry hashes), used to tie a checkpoint to its data. */
+uint64_t ar_problem_hash(ar_problem prob);
 
 /* Contiguous row partition of n rows over size ranks: rank gets [*r0, *r1).  Not collective. */
 void ar_partition(int64_t n, int size, int rank, int64_t *r0, int64_t *r1);
@@ -176,6 +180,20 @@ typedef struct {
 
 typedef void (*ar_monitor_fn)(const ar_iter_info *it, void *ctx); /* called on every rank */
 
+/* Everything the solver needs to continue exactly where it stopped (checkpoint/restart). */
+typedef struct {
+  int iter;                  /* iterations done */
+  int accepted;              /* the last trial step was taken */
+  double mu, nu, f_prev, g0norm, step_norm, rho;
+  int D;
+  double *z;                 /* D = d*d + d*m: [vec_r X; vec_r Y] */
+  ar_iter_info *history;     /* iter + 1 entries */
+} ar_solver_state;
+
+/* Called (collectively, same arguments on every rank) at checkpoint times; a non-zero
+ * return is an error that stops the solve. */
+typedef int (*ar_checkpoint_fn)(const ar_solver_state *st, void *ctx);
+
 typedef struct {
   ar_method method;
   ar_hessian_kind hessian;   /* EXACT or GAUSS_NEWTON */
@@ -184,7 +202,11 @@ typedef struct {
   double gatol, grtol, gttol, ftol, steptol;
   double mu0, mu_max;        /* initial and largest LM shift (relative to mean |diag H|) */
   int nb;                    /* ScaLAPACK block size (0: default) */
-  volatile int *interrupt;   /* if non-NULL and non-zero on any rank: stop with AR_DIVERGED_SIGNAL */
+  volatile sig_atomic_t *interrupt; /* non-zero on any rank: checkpoint and stop (AR_DIVERGED_SIGNAL) */
+  int checkpoint_every;      /* call checkpoint every K iterations (0: only when interrupted) */
+  ar_checkpoint_fn checkpoint;
+  void *checkpoint_ctx;
+  const ar_solver_state *resume; /* continue from this state (X, Y arguments are ignored) */
   ar_monitor_fn monitor;
   void *monitor_ctx;
 } ar_solver_options;

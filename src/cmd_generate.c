@@ -22,7 +22,6 @@ int ar_cmd_generate(MPI_Comm comm, int argc, char **argv)
       {"out", AR_OPT_STRING, &out, NULL, "output directory, required", 0, 0, 0},
       {"quiet", AR_OPT_FLAG, &quiet, NULL, "print nothing but errors", 0, 0, 0},
   };
-  n = d = 0;
   const int nopts = sizeof opts / sizeof opts[0];
   AR_CALL(ar_cli_parse(comm, "usage: attnreg generate --n N --d D [--m M] [--seed S] [--x-scale s] [--noise sigma]\n"
                              "                        [--start-noise eps] [--self] --out DIR",

@@ -1,10 +1,12 @@
 /* attnreg solve: the main job.  Options, progress lines, and the atomic result files
  * (X.npy, Y.npy, history.csv, summary.json). */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "cli.h"
 #include "error.h"
 #include "npy.h"
@@ -13,11 +15,76 @@
 
 typedef struct {
   ar_common_cfg c;
-  const char *x0, *y0, *out;
+  const char *x0, *y0, *out, *checkpoint, *restart;
   int method, hessian;
-  int64_t max_iter;
+  int64_t max_iter, checkpoint_every;
   double time_limit, gatol, grtol, gttol, ftol, steptol, mu0;
 } solve_cfg;
+
+/* SIGTERM (scancel, the end of a time limit) and SIGUSR1 (sbatch --signal=B:USR1@T) ask for a
+ * checkpoint and a clean stop at the next iteration boundary. */
+static volatile sig_atomic_t g_signal;
+
+static void on_signal(int sig) { g_signal = sig; }
+
+static void install_signal_handlers(void)
+{
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+}
+
+typedef struct {
+  MPI_Comm comm;
+  const solve_cfg *cfg;
+  ar_problem prob;
+  int written_iter;
+} ckpt_ctx;
+
+/* Collective: rank 0 writes the checkpoint atomically; the outcome is agreed. */
+static int write_checkpoint(const ar_solver_state *st, void *vctx)
+{
+  ckpt_ctx *ctx = vctx;
+  const solve_cfg *s = ctx->cfg;
+  if (!s->checkpoint) return AR_OK;
+  int rank, err = AR_OK;
+  MPI_Comm_rank(ctx->comm, &rank);
+  if (rank == 0) {
+    ar_checkpoint c = {.data_hash = ar_problem_hash(ctx->prob), .method = s->method,
+                       .hessian = s->hessian ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT, .lambda_x = s->c.lambda_x,
+                       .lambda_y = s->c.lambda_y, .st = *st};
+    ar_problem_sizes(ctx->prob, &c.n, &c.d, &c.m);
+    err = ar_checkpoint_write(s->checkpoint, &c);
+  }
+  ctx->written_iter = st->iter;
+  return ar_error_agree(ctx->comm, err);
+}
+
+/* Collective: read --restart on every rank and check it belongs to this problem and options. */
+static int read_restart(MPI_Comm comm, const solve_cfg *s, ar_problem prob, ar_checkpoint *c)
+{
+  int err = ar_checkpoint_read(s->restart, c);
+  int64_t n;
+  int d, m;
+  ar_problem_sizes(prob, &n, &d, &m);
+  const char *f = s->restart;
+  if (!err && (c->n != n || c->d != d || c->m != m))
+    err = AR_ERROR(AR_ERR_DATA, "--restart %s: written for n=%lld d=%d m=%d, the data has n=%lld d=%d m=%d", f,
+                   (long long)c->n, c->d, c->m, (long long)n, d, m);
+  if (!err && c->data_hash != ar_problem_hash(prob))
+    err = AR_ERROR(AR_ERR_DATA, "--restart %s: written for other input data (checksums differ)", f);
+  if (!err && (c->method != s->method || c->hessian != (s->hessian ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT)))
+    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with another --method or --hessian", f);
+  if (!err && (c->lambda_x != s->c.lambda_x || c->lambda_y != s->c.lambda_y))
+    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --lambda-x %g --lambda-y %g", f, c->lambda_x, c->lambda_y);
+  err = ar_error_agree(comm, err);
+  if (err) ar_checkpoint_free(c);
+  return err;
+}
 
 static void monitor(const ar_iter_info *it, void *ctx)
 {
@@ -123,6 +190,11 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
       {"steptol", AR_OPT_DOUBLE, &s.steptol, "1e-14", "stop when |step| <= steptol * (|z| + steptol)", 0, 0, 0},
       {"mu0", AR_OPT_DOUBLE, &s.mu0, "1e-3", "initial Levenberg-Marquardt shift (relative to mean |diag H|)", 0, 0, 0},
       {"out", AR_OPT_STRING, &s.out, NULL, "output directory for X.npy Y.npy history.csv summary.json", 0, 0, 0},
+      {"checkpoint", AR_OPT_STRING, &s.checkpoint, NULL,
+       "checkpoint file, written every --checkpoint-every iterations and on SIGTERM/SIGUSR1", 0, 0, 0},
+      {"checkpoint-every", AR_OPT_INT, &s.checkpoint_every, "0", "checkpoint period in iterations (0: only on a signal)",
+       0, 0, 0},
+      {"restart", AR_OPT_STRING, &s.restart, NULL, "continue from this checkpoint (same data and method)", 0, 0, 0},
   };
   const int nopts = sizeof opts / sizeof opts[0];
   AR_CALL(ar_cli_parse(comm,
@@ -140,6 +212,9 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   double *X = NULL, *Y = NULL;
   ar_out out = {0};
   ar_solve_result r = {0};
+  ar_checkpoint ck = {0};
+  ckpt_ctx cctx = {comm, &s, NULL, -1};
+  install_signal_handlers();
   int64_t n = 0;
   int d = 0, m = 0, have_out = 0;
   int err = ar_grid_create(comm, s.c.grid[0], s.c.grid[1], &grid);
@@ -156,7 +231,8 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   eo.tile = s.c.tile, eo.tile_mem_mb = s.c.tile_mem, eo.lambda_x = s.c.lambda_x, eo.lambda_y = s.c.lambda_y;
   if (!err) err = ar_eval_create(prob, &eo, &ev);
   if (!err && s.out) err = ar_out_begin(comm, "--out", s.out, &out), have_out = !err;
-  if (!err && !s.y0) err = ar_solve_least_squares_y(ev, X, Y);
+  if (!err && s.restart) err = read_restart(comm, &s, prob, &ck);
+  if (!err && !s.y0 && !s.restart) err = ar_solve_least_squares_y(ev, X, Y);
   double t_io = ar_wtime() - t0;
   if (!err) {
     if (rank == 0 && !s.c.quiet) {
@@ -174,7 +250,22 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
     so.gatol = s.gatol, so.grtol = s.grtol, so.gttol = s.gttol, so.ftol = s.ftol, so.steptol = s.steptol;
     so.mu0 = s.mu0, so.nb = (int)s.c.nb;
     so.monitor = monitor, so.monitor_ctx = &s.c.quiet;
+    so.interrupt = &g_signal;
+    cctx.prob = prob;
+    so.checkpoint = write_checkpoint, so.checkpoint_ctx = &cctx, so.checkpoint_every = (int)s.checkpoint_every;
+    so.resume = s.restart ? &ck.st : NULL;
+    if (s.restart && rank == 0 && !s.c.quiet) printf("restarting from %s at iteration %d\n", s.restart, ck.st.iter);
     err = ar_solve(prob, ev, grid, &so, X, Y, &r);
+  }
+  if (!err && r.reason == AR_DIVERGED_SIGNAL) {
+    int sig = g_signal;
+    MPI_Allreduce(MPI_IN_PLACE, &sig, 1, MPI_INT, MPI_MAX, comm);
+    err = s.checkpoint ? AR_ERROR(AR_ERR_INTERRUPTED,
+                                  "stopped by signal %d after iteration %d; checkpoint written to %s (continue with "
+                                  "--restart %s)", sig, r.iterations, s.checkpoint, s.checkpoint)
+                       : AR_ERROR(AR_ERR_INTERRUPTED,
+                                  "stopped by signal %d after iteration %d; no --checkpoint given, progress not saved",
+                                  sig, r.iterations);
   }
   if (!err && r.reason == AR_DIVERGED_NAN) err = AR_ERROR(AR_ERR_NUMERIC, "the loss or gradient is not finite at the start point");
   if (!err && rank == 0 && !s.c.quiet)
@@ -194,6 +285,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   }
   if (err && have_out) ar_out_abort(&out);
   free(r.history);
+  ar_checkpoint_free(&ck);
   free(X), free(Y);
   ar_eval_destroy(&ev);
   ar_grid_destroy(&grid);

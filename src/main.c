@@ -19,7 +19,7 @@ static const char *usage =
     "\n"
     "attnreg COMMAND --help lists a command's options.  attnreg --version prints the version.\n"
     "Exit status: 0 ok, 2 usage, 3 bad input data, 4 I/O, 5 runtime/MPI/library, 6 numerical\n"
-    "failure, 75 interrupted by a signal after writing a checkpoint.";
+    "failure, 75 stopped by SIGTERM/SIGUSR1/SIGINT (after writing --checkpoint, if given).";
 
 int ar_cli_parse(MPI_Comm comm, const char *use, const ar_option *opts, int nopts, int argc, char **argv, int *done)
 {
@@ -81,7 +81,8 @@ int main(int argc, char **argv)
   /* Every path above agrees its errors over comm, except failures that only one rank can
    * see; agree here too: a lone failure then ends every rank with the same status. */
   err = ar_error_agree(comm, err);
-  if (err && rank == 0) fprintf(stderr, "attnreg: error: %s\n", ar_error_message());
+  if (err && rank == 0)
+    fprintf(stderr, "attnreg: %s: %s\n", err == AR_ERR_INTERRUPTED ? "interrupted" : "error", ar_error_message());
   fflush(stdout);
   MPI_Finalize();
   return ar_error_exit_status(err);

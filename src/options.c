@@ -73,6 +73,8 @@ int ar_options_parse(const ar_option *opts, int nopts, int argc, char **argv, in
     if (opts[i].kind == AR_OPT_FLAG) *(int *)opts[i].dest = 0;
     else if (opts[i].kind == AR_OPT_STRING) *(const char **)opts[i].dest = opts[i].def;
     else if (opts[i].kind == AR_OPT_GRID) ((int *)opts[i].dest)[0] = ((int *)opts[i].dest)[1] = 0;
+    else if (opts[i].kind == AR_OPT_INT) *(int64_t *)opts[i].dest = 0; /* unset: "auto" */
+    else if (opts[i].kind == AR_OPT_DOUBLE) *(double *)opts[i].dest = 0;
     if (opts[i].def && opts[i].kind != AR_OPT_STRING) AR_CALL(set_value(&opts[i], opts[i].def));
   }
   for (int a = first; a < argc; a++) {

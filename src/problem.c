@@ -60,13 +60,39 @@ static int problem_alloc(MPI_Comm comm, int64_t n, int d, int m, ar_problem *out
   return AR_OK;
 }
 
+static uint64_t mix64(uint64_t z)
+{
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/* Sum over entries of hash(array id, global index, bits): order-free, so any partition of
+ * the rows over ranks gives the same value. */
+static uint64_t hash_entries(const double *a, int64_t count, int64_t first, uint64_t id)
+{
+  uint64_t h = 0;
+  for (int64_t i = 0; i < count; i++) {
+    uint64_t bits;
+    memcpy(&bits, &a[i], sizeof bits);
+    h += mix64(bits ^ mix64((uint64_t)(first + i) * 0x9e3779b97f4a7c15ULL + id));
+  }
+  return h;
+}
+
 static int problem_finish(ar_problem p)
 {
   double loc = 0;
   for (int64_t i = 0; i < p->nloc * p->m; i++) loc += p->b[i] * p->b[i];
   AR_CALL_MPI(MPI_Allreduce(&loc, &p->bnorm2, 1, MPI_DOUBLE, MPI_SUM, p->comm));
+  uint64_t h = hash_entries(p->a1, p->nloc * p->d, p->r0 * p->d, 1) + hash_entries(p->b, p->nloc * p->m, p->r0 * p->m, 4);
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, &h, 1, MPI_UINT64_T, MPI_SUM, p->comm));
+  p->hash = h + hash_entries(p->a2, p->n * p->d, 0, 2) + hash_entries(p->a3, p->n * p->d, 0, 3) +
+            mix64((uint64_t)p->n * 0x100000001b3ULL + (uint64_t)p->d * 977 + (uint64_t)p->m);
   return AR_OK;
 }
+
+uint64_t ar_problem_hash(ar_problem p) { return p->hash; }
 
 int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_local, const double *a2,
                       const double *a3, const double *b_local, ar_problem *prob)
@@ -118,8 +144,11 @@ int ar_problem_load(MPI_Comm comm, const ar_data_paths *ps, ar_problem *prob)
     AR_CALL(ar_npy_read_header(comm, name[i], &h[i]));
   }
   AR_CALL(check_shapes(ps, h));
-  int err = problem_alloc(comm, h[0].rows, (int)h[0].cols, (int)h[3].cols, prob);
-  AR_CALL(ar_error_agree(comm, err));
+  int err = ar_error_agree(comm, problem_alloc(comm, h[0].rows, (int)h[0].cols, (int)h[3].cols, prob));
+  if (err) {
+    ar_problem_destroy(prob);
+    return err;
+  }
   ar_problem p = *prob;
   int self2 = strcmp(ps->a2, ps->a1) == 0, self3 = strcmp(ps->a3, ps->a2) == 0;
   err = ar_npy_read_rows(comm, ps->a2, &h[1], 0, p->n, p->a2);

@@ -15,6 +15,7 @@ struct ar_problem_s {
   double *b;         /* local: nloc x m */
   double *a2, *a3;   /* global: n x d (a3 may alias a2 when the data is self-attention) */
   double bnorm2;     /* global: ||B||_F^2 */
+  uint64_t hash;     /* global: ar_problem_hash */
 };
 
 /* Symmetric pair index of (q, q') with q <= q' among d: row-major upper triangle. */

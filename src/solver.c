@@ -1,7 +1,7 @@
 /* The solver loop (MATH.md §4): damped Newton with a Levenberg-Marquardt shift.
  *
  *   z = (vec X, vec Y)  [alternating: Y <- least squares, then z = vec X alone]
- *   evaluate f, g, H at z; g0 = |g|; monitor iteration 0
+ *   evaluate f, g, H at z; g0 = |g|; monitor iteration 0   [restart: the saved state instead]
  *   loop:
  *     reason = converged(...)  in the fixed order NaN, gatol, grtol, gttol, ftol, steptol,
  *                              max_it, mu overflow, time limit, signal      -> stop if set
@@ -11,7 +11,7 @@
  *     rho > eta and f_t finite: accept (z += dz; f, g, H at z), shrink mu (Nielsen's rule)
  *     otherwise: reject, grow mu (x nu, nu doubles)
  *     [alternating, after an accepted X step: Y <- least squares at the new X]
- *     monitor
+ *     monitor; every K iterations, and on a signal (then stop), write a checkpoint
  * Every decision uses globally reduced numbers (loss, gradient, pdpotrf's info), so every
  * rank takes the same branch. */
 #include <math.h>
@@ -147,6 +147,11 @@ static int try_step(lm_state *s)
   for (int i = 0; i < s->N; i++) s->zt[s->off + i] += s->dz[i];
   double ft;
   AR_CALL(add_eval(s, s->zt, AR_HESS_NONE, &ft, NULL));
+  /* Fault injection for the reliability tests: ATTNREG_INJECT_NAN_TRIAL=K makes the K-th trial
+   * loss NaN (same environment on every rank, so every rank sees it). */
+  static int trials = 0;
+  const char *inject = getenv("ATTNREG_INJECT_NAN_TRIAL");
+  if (inject && ++trials == atoi(inject)) ft = NAN;
   s->rho = pred > 0 && isfinite(ft) ? (s->f - ft) / pred : -INFINITY;
   s->accepted = s->step_norm > 0 && isfinite(ft) && ft < s->f && s->rho > 1e-4;
   if (!s->accepted) {
@@ -179,6 +184,7 @@ static int record(lm_state *s, int iter)
   return AR_OK;
 }
 
+/* A signal seen by any rank stops every rank (one reduction: all take the same branch). */
 static int interrupted(lm_state *s)
 {
   int mine = s->o->interrupt && *s->o->interrupt, any = 0;
@@ -186,17 +192,48 @@ static int interrupted(lm_state *s)
   return any;
 }
 
+static int checkpoint(lm_state *s, int iter)
+{
+  if (!s->o->checkpoint) return AR_OK;
+  ar_solver_state st = {iter, s->accepted, s->mu, s->nu, s->f_prev, s->g0norm, s->step_norm, s->rho,
+                        s->dd + s->d * s->m, s->z, s->res->history};
+  return s->o->checkpoint(&st, s->o->checkpoint_ctx);
+}
+
+/* Start: iteration 0 at the given point, or the restored state of a checkpoint. */
+static int start(lm_state *s, int *iter)
+{
+  const ar_solver_state *r = s->o->resume;
+  if (!r) {
+    if (s->o->method == AR_METHOD_ALTERNATING) AR_CALL(ar_solve_least_squares_y(s->ev, s->z, s->z + s->dd));
+    AR_CALL(evaluate_point(s));
+    s->g0norm = s->gnorm;
+    *iter = 0;
+    return record(s, 0);
+  }
+  AR_CHECK(r->D == s->dd + s->d * s->m, AR_ERR_DATA, "restart state has %d unknowns, the problem %d", r->D,
+           s->dd + s->d * s->m);
+  memcpy(s->z, r->z, sizeof(double) * r->D);
+  s->mu = r->mu, s->nu = r->nu, s->f_prev = r->f_prev, s->g0norm = r->g0norm, s->step_norm = r->step_norm;
+  s->rho = r->rho, s->accepted = r->accepted;
+  AR_CALL(evaluate_point(s));
+  ar_iter_info *h = malloc(sizeof *h * (r->iter + 1));
+  AR_CHECK(h, AR_ERR_MEM, "out of memory for the history");
+  memcpy(h, r->history, sizeof *h * (r->iter + 1));
+  s->res->history = h;
+  s->res->iterations = *iter = r->iter;
+  return AR_OK;
+}
+
 static int solve_loop(lm_state *s)
 {
-  if (s->o->method == AR_METHOD_ALTERNATING) AR_CALL(ar_solve_least_squares_y(s->ev, s->z, s->z + s->dd));
-  AR_CALL(evaluate_point(s));
-  s->g0norm = s->gnorm;
-  AR_CALL(record(s, 0));
-  int iter = 0;
+  int iter;
   ar_reason reason;
+  AR_CALL(start(s, &iter));
   while (!(reason = converged(s, iter))) {
     if (interrupted(s)) {
       reason = AR_DIVERGED_SIGNAL;
+      AR_CALL(checkpoint(s, iter));
       break;
     }
     iter++;
@@ -204,6 +241,7 @@ static int solve_loop(lm_state *s)
     if (s->mu > s->o->mu_max) s->accepted = 0;
     else AR_CALL(try_step(s));
     AR_CALL(record(s, iter));
+    if (s->o->checkpoint_every > 0 && iter % s->o->checkpoint_every == 0) AR_CALL(checkpoint(s, iter));
   }
   s->res->reason = reason;
   return AR_OK;

@@ -1,0 +1,192 @@
+/* Checkpoint file format (little-endian), version 1:
+ *   "ARCKPT" 0x01 0x00 | n i64 | d i32 | m i32 | data_hash u64 | method i32 | hessian i32 |
+ *   lambda_x f64 | lambda_y f64 | iter i32 | accepted i32 | mu nu f_prev g0norm step_norm rho f64 |
+ *   D i32 | z[D] f64 | nhist i32 (= iter + 1) | nhist x (iter i32, accepted i32, loss rel_loss
+ *   grad_norm mu rho step_norm seconds f64) | FNV-1a 64 checksum of every byte before it. */
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "error.h"
+
+static const char magic[8] = {'A', 'R', 'C', 'K', 'P', 'T', 1, 0};
+#define AR_CKPT_MAX_D (1 << 24)
+#define AR_CKPT_MAX_ITER (1 << 24)
+
+static uint64_t fnv1a(const unsigned char *p, size_t len)
+{
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+  return h;
+}
+
+typedef struct {
+  unsigned char *buf;
+  size_t len, cap;
+  int oom;
+} wbuf;
+
+static void put(wbuf *w, const void *p, size_t n)
+{
+  if (w->oom) return;
+  if (w->len + n > w->cap) {
+    size_t cap = 2 * (w->len + n) + 256;
+    unsigned char *b = realloc(w->buf, cap);
+    if (!b) {
+      w->oom = 1;
+      return;
+    }
+    w->buf = b, w->cap = cap;
+  }
+  memcpy(w->buf + w->len, p, n);
+  w->len += n;
+}
+#define PUT(w, v) put((w), &(v), sizeof(v))
+
+int ar_checkpoint_write(const char *path, const ar_checkpoint *c)
+{
+  const ar_solver_state *s = &c->st;
+  wbuf w = {0};
+  int32_t d = c->d, m = c->m, method = c->method, hess = c->hessian, iter = s->iter, acc = s->accepted, D = s->D;
+  int32_t nh = s->iter + 1;
+  put(&w, magic, sizeof magic);
+  PUT(&w, c->n), PUT(&w, d), PUT(&w, m), PUT(&w, c->data_hash), PUT(&w, method), PUT(&w, hess);
+  PUT(&w, c->lambda_x), PUT(&w, c->lambda_y), PUT(&w, iter), PUT(&w, acc);
+  PUT(&w, s->mu), PUT(&w, s->nu), PUT(&w, s->f_prev), PUT(&w, s->g0norm), PUT(&w, s->step_norm), PUT(&w, s->rho);
+  PUT(&w, D);
+  put(&w, s->z, sizeof(double) * D);
+  PUT(&w, nh);
+  for (int i = 0; i < nh; i++) {
+    const ar_iter_info *h = &s->history[i];
+    int32_t it = h->iter, a = h->accepted;
+    PUT(&w, it), PUT(&w, a), PUT(&w, h->loss), PUT(&w, h->rel_loss), PUT(&w, h->grad_norm), PUT(&w, h->mu);
+    PUT(&w, h->rho), PUT(&w, h->step_norm), PUT(&w, h->seconds);
+  }
+  uint64_t sum = w.oom ? 0 : fnv1a(w.buf, w.len);
+  PUT(&w, sum);
+  if (w.oom) {
+    free(w.buf);
+    return AR_ERROR(AR_ERR_MEM, "%s: out of memory building the checkpoint", path);
+  }
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
+  FILE *f = fopen(tmp, "wb");
+  int ok = f && fwrite(w.buf, 1, w.len, f) == w.len;
+  ok = f && fflush(f) == 0 && ok && fsync(fileno(f)) == 0;
+  if (f && fclose(f) != 0) ok = 0;
+  free(w.buf);
+  if (!ok || rename(tmp, path) != 0) {
+    int e = errno;
+    unlink(tmp);
+    return AR_ERROR(AR_ERR_IO, "--checkpoint %s: cannot write: %s", path, strerror(e));
+  }
+  return AR_OK;
+}
+
+typedef struct {
+  const unsigned char *p;
+  size_t len, off;
+} rbuf;
+
+static int get(rbuf *r, void *dst, size_t n)
+{
+  if (r->len - r->off < n) return 0;
+  memcpy(dst, r->p + r->off, n);
+  r->off += n;
+  return 1;
+}
+#define GET(r, v) get((r), &(v), sizeof(v))
+
+int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, ar_checkpoint *c)
+{
+  memset(c, 0, sizeof *c);
+  rbuf r = {buf, len, 0};
+  char mg[8];
+  AR_CHECK(get(&r, mg, 8) && !memcmp(mg, magic, 6), AR_ERR_DATA, "%s: not an attnreg checkpoint", name);
+  AR_CHECK(mg[6] == 1 && mg[7] == 0, AR_ERR_DATA, "%s: checkpoint format version %d is not supported", name, mg[6]);
+  AR_CHECK(len >= 16, AR_ERR_DATA, "%s: truncated checkpoint", name);
+  uint64_t sum;
+  memcpy(&sum, buf + len - 8, 8);
+  AR_CHECK(sum == fnv1a(buf, len - 8), AR_ERR_DATA, "%s: checksum mismatch (corrupt or truncated checkpoint)", name);
+  r.len = len - 8;
+  int32_t d, m, method, hess, iter, acc, D, nh;
+  ar_solver_state *s = &c->st;
+  int ok = GET(&r, c->n) && GET(&r, d) && GET(&r, m) && GET(&r, c->data_hash) && GET(&r, method) && GET(&r, hess) &&
+           GET(&r, c->lambda_x) && GET(&r, c->lambda_y) && GET(&r, iter) && GET(&r, acc) && GET(&r, s->mu) &&
+           GET(&r, s->nu) && GET(&r, s->f_prev) && GET(&r, s->g0norm) && GET(&r, s->step_norm) && GET(&r, s->rho) &&
+           GET(&r, D);
+  AR_CHECK(ok, AR_ERR_DATA, "%s: truncated checkpoint", name);
+  AR_CHECK(c->n > 0 && d > 0 && m > 0 && D > 0 && D <= AR_CKPT_MAX_D && (int64_t)d * d + (int64_t)d * m == D,
+           AR_ERR_DATA, "%s: inconsistent sizes in checkpoint (n=%lld d=%d m=%d D=%d)", name, (long long)c->n, d, m, D);
+  AR_CHECK(iter >= 0 && iter < AR_CKPT_MAX_ITER && (method == 0 || method == 1) && (hess == 1 || hess == 2),
+           AR_ERR_DATA, "%s: invalid solver state in checkpoint", name);
+  c->d = d, c->m = m, c->method = method, c->hessian = hess, s->iter = iter, s->accepted = acc, s->D = D;
+  AR_CHECK(r.len - r.off >= sizeof(double) * (size_t)D, AR_ERR_DATA, "%s: truncated checkpoint", name);
+  s->z = malloc(sizeof(double) * D);
+  AR_CHECK(s->z, AR_ERR_MEM, "%s: out of memory", name);
+  get(&r, s->z, sizeof(double) * D);
+  if (!GET(&r, nh) || nh != iter + 1 || (r.len - r.off) / 64 < (size_t)nh) {
+    ar_checkpoint_free(c);
+    return AR_ERROR(AR_ERR_DATA, "%s: truncated or inconsistent history in checkpoint", name);
+  }
+  s->history = malloc(sizeof(ar_iter_info) * nh);
+  if (!s->history) {
+    ar_checkpoint_free(c);
+    return AR_ERROR(AR_ERR_MEM, "%s: out of memory", name);
+  }
+  for (int i = 0; i < nh; i++) {
+    ar_iter_info *h = &s->history[i];
+    int32_t it, a;
+    GET(&r, it), GET(&r, a), GET(&r, h->loss), GET(&r, h->rel_loss), GET(&r, h->grad_norm), GET(&r, h->mu);
+    GET(&r, h->rho), GET(&r, h->step_norm), GET(&r, h->seconds);
+    h->iter = it, h->accepted = a;
+  }
+  int finite = isfinite(s->mu) && isfinite(s->nu) && isfinite(s->g0norm);
+  for (int i = 0; i < D; i++) finite &= isfinite(s->z[i]) != 0;
+  if (r.off != r.len || !finite) {
+    ar_checkpoint_free(c);
+    return AR_ERROR(AR_ERR_DATA, "%s: %s", name, finite ? "trailing bytes in checkpoint" : "non-finite values in checkpoint");
+  }
+  return AR_OK;
+}
+
+int ar_checkpoint_read(const char *path, ar_checkpoint *c)
+{
+  memset(c, 0, sizeof *c);
+  FILE *f = fopen(path, "rb");
+  AR_CHECK(f, AR_ERR_DATA, "--restart %s: cannot open: %s", path, strerror(errno));
+  unsigned char *buf = NULL;
+  size_t len = 0, cap = 0, got;
+  do {
+    if (len == cap) {
+      cap = cap ? 2 * cap : 1 << 16;
+      unsigned char *b = cap <= ((size_t)1 << 32) ? realloc(buf, cap) : NULL;
+      if (!b) {
+        free(buf);
+        fclose(f);
+        return AR_ERROR(AR_ERR_DATA, "--restart %s: too large or out of memory", path);
+      }
+      buf = b;
+    }
+    got = fread(buf + len, 1, cap - len, f);
+    len += got;
+  } while (got > 0);
+  int rerr = ferror(f);
+  fclose(f);
+  int err = rerr ? AR_ERROR(AR_ERR_IO, "--restart %s: read error", path) : ar_checkpoint_parse(buf, len, path, c);
+  free(buf);
+  return err;
+}
+
+void ar_checkpoint_free(ar_checkpoint *c)
+{
+  free(c->st.z);
+  free(c->st.history);
+  c->st.z = NULL;
+  c->st.history = NULL;
+}

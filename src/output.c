@@ -62,7 +62,7 @@ const char *ar_out_path(ar_out *out, const char *name, char *buf, size_t cap)
 
 FILE *ar_out_fopen(ar_out *out, const char *name)
 {
-  char path[4400];
+  char path[8192];
   ar_out_path(out, name, path, sizeof path);
   FILE *f = fopen(path, "w");
   if (!f) AR_ERROR(AR_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
@@ -74,7 +74,7 @@ int ar_out_commit(ar_out *out)
   int err = AR_OK;
   MPI_Barrier(out->comm);
   if (out->rank == 0) {
-    char from[4400], to[4400];
+    char from[8192], to[8192];
     for (int i = 0; i < out->nfiles && !err; i++) {
       snprintf(from, sizeof from, "%s/.%s%s", out->dir, out->names[i], out->tag);
       snprintf(to, sizeof to, "%s/%s", out->dir, out->names[i]);
@@ -87,7 +87,7 @@ int ar_out_commit(ar_out *out)
 void ar_out_abort(ar_out *out)
 {
   if (out->rank != 0 || !out->dir[0]) return;
-  char path[4400];
+  char path[8192];
   for (int i = 0; i < out->nfiles; i++) {
     snprintf(path, sizeof path, "%s/.%s%s", out->dir, out->names[i], out->tag);
     unlink(path);

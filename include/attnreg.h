@@ -229,4 +229,30 @@ int ar_solve(ar_problem prob, ar_eval ev, ar_grid grid, const ar_solver_options 
  * A singular P^T P (e.g. n < d) gets a tiny shift (1e-12 of its mean diagonal). */
 int ar_solve_least_squares_y(ar_eval ev, const double *X, double *Y);
 
+/* ------------------------------------------------------------------------------------------
+ * Planning: memory per rank, flops and communication per Newton iteration, without running.
+ * The memory model is the one the code allocates by (inputs, tables, tiles, Hessian parts,
+ * local Hessian share, assembly buffer, ScaLAPACK work) plus a measured runtime baseline. */
+typedef struct {
+  int64_t n, tile, rows_per_rank;
+  int d, m, D, ranks, pr, pc, nb;
+  /* bytes on the most loaded rank */
+  double mem_inputs, mem_tables, mem_tiles, mem_parts, mem_hessian, mem_assembly, mem_solver, mem_baseline,
+      mem_total;
+  /* flops of the whole job per Newton iteration (model of MATH.md §2-§3) */
+  double flops_loss_grad, flops_hessian, flops_trial, flops_cholesky, flops_total;
+  /* bytes sent per rank per Newton iteration (estimates for the collectives) */
+  double comm_allreduce, comm_hessian, comm_cholesky, comm_total;
+} ar_plan;
+
+/* Not collective.  pr = pc = 0: default grid; nb <= 0: default block size; tile <= 0: from
+ * tile_mem_mb (as ar_eval_create chooses it). */
+int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, double tile_mem_mb,
+                    ar_hessian_kind hk, ar_plan *plan);
+/* Not collective: rows per tile that ar_eval_create uses. */
+int64_t ar_plan_tile_rows(int64_t n, int d, int m, int ranks, int64_t tile, double tile_mem_mb);
+/* Not collective: default grid shape and block size. */
+void ar_plan_default_grid(int ranks, int *pr, int *pc);
+int ar_plan_default_nb(int N, int pr, int pc);
+
 #endif

@@ -3,7 +3,9 @@
 #define AR_CLI_H
 
 #include <mpi.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "attnreg.h"
 #include "options.h"
@@ -33,6 +35,9 @@ typedef struct {
 
 /* Collective: load the problem named by cfg (--data / --a1..--b). */
 int ar_cli_load_problem(MPI_Comm comm, const ar_common_cfg *cfg, ar_problem *prob);
+/* Collective: refuse (AR_ERR_USAGE, with the numbers) a run that plan says cannot fit in the
+ * memory budget (ar_cli_memory_budget).  Reads only the headers of A1 and B. */
+int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *cfg, double mem_per_rank_gb);
 /* Collective: read a small rows x cols matrix (X0, Y0, ...) on rank 0 and broadcast it;
  * option names the command-line option in messages.  dst must hold rows*cols doubles. */
 int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int rows, int cols, double *dst);
@@ -41,7 +46,14 @@ int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int 
 int ar_cli_parse(MPI_Comm comm, const char *usage, const ar_option *opts, int nopts, int argc, char **argv,
                  int *done);
 
+/* Collective: memory budget per rank in bytes: --mem-per-rank if > 0, else SLURM's
+ * allocation, else the node's available memory over the ranks on the node. */
+int ar_cli_memory_budget(MPI_Comm comm, double mem_per_rank_gb, double *bytes, char *source, size_t cap);
+/* Not collective: the plan as a table. */
+void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *source);
+
 int ar_cmd_generate(MPI_Comm comm, int argc, char **argv);
+int ar_cmd_plan(MPI_Comm comm, int argc, char **argv);
 int ar_cmd_eval(MPI_Comm comm, int argc, char **argv);
 int ar_cmd_solve(MPI_Comm comm, int argc, char **argv);
 

@@ -18,7 +18,7 @@ typedef struct {
   const char *x0, *y0, *out, *checkpoint, *restart;
   int method, hessian;
   int64_t max_iter, checkpoint_every;
-  double time_limit, gatol, grtol, gttol, ftol, steptol, mu0;
+  double time_limit, gatol, grtol, gttol, ftol, steptol, mu0, mem_per_rank;
 } solve_cfg;
 
 /* SIGTERM (scancel, the end of a time limit) and SIGUSR1 (sbatch --signal=B:USR1@T) ask for a
@@ -195,6 +195,9 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
       {"checkpoint-every", AR_OPT_INT, &s.checkpoint_every, "0", "checkpoint period in iterations (0: only on a signal)",
        0, 0, 0},
       {"restart", AR_OPT_STRING, &s.restart, NULL, "continue from this checkpoint (same data and method)", 0, 0, 0},
+      {"mem-per-rank", AR_OPT_DOUBLE, &s.mem_per_rank, NULL,
+       "memory budget per rank in GB; a run that attnreg plan says cannot fit is refused [default: from SLURM or "
+       "the node]", 0, 1, 0},
   };
   const int nopts = sizeof opts / sizeof opts[0];
   AR_CALL(ar_cli_parse(comm,
@@ -218,6 +221,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   int64_t n = 0;
   int d = 0, m = 0, have_out = 0;
   int err = ar_grid_create(comm, s.c.grid[0], s.c.grid[1], &grid);
+  if (!err) err = ar_cli_check_memory(comm, &s.c, s.mem_per_rank);
   if (!err) err = ar_cli_load_problem(comm, &s.c, &prob);
   if (!err) {
     ar_problem_sizes(prob, &n, &d, &m);

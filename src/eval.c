@@ -49,12 +49,6 @@ void ar_eval_options_default(ar_eval_options *o)
   o->tile_mem_mb = 32; /* small tiles keep F in cache between the passes over it */
 }
 
-/* Doubles of tile work per row of the tile. */
-static double tile_row_doubles(int64_t n, int d, int m, int npair)
-{
-  return 2.0 * n + 3.0 * d * d + 3.0 * npair + 2.0 * d * m + 8.0 * d + 2.0 * m + 1;
-}
-
 static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha,
                  const double *A, int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc,
                  double *flops)
@@ -77,11 +71,7 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
     const int64_t n = p->n;
     const int d = p->d, m = p->m, npair = d * (d + 1) / 2;
     ev->npair = npair;
-    double per_row = tile_row_doubles(n, d, m, npair);
-    int64_t t = opt->tile > 0 ? opt->tile : (int64_t)(opt->tile_mem_mb * 1048576.0 / (8.0 * per_row));
-    if (t < 1) t = 1;
-    int64_t maxloc = (n + p->size - 1) / p->size; /* the largest local block: same tile on every rank */
-    if (t > maxloc) t = maxloc;
+    const int64_t t = ar_plan_tile_rows(n, d, m, p->size, opt->tile, opt->tile_mem_mb);
     ev->tile = t;
     /* int overflow guard for BLAS: every GEMM dimension and leading dimension must fit in int */
     if ((double)n * d * d > 2147483647.0 || (double)t * n > 9.0e15 || (double)d * d * m > 2147483647.0)

@@ -31,12 +31,7 @@ int ar_grid_create(MPI_Comm comm, int pr, int pc, ar_grid *out)
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
-  if (pr <= 0 || pc <= 0) {
-    pr = 1;
-    for (int i = 1; i * i <= size; i++)
-      if (size % i == 0) pr = i;
-    pc = size / pr;
-  }
+  if (pr <= 0 || pc <= 0) ar_plan_default_grid(size, &pr, &pc);
   AR_CHECK(pr * pc == size, AR_ERR_USAGE, "--grid %dx%d needs %d ranks, but the job has %d", pr, pc, pr * pc, size);
   ar_grid g;
   AR_MALLOC(g, 1);
@@ -73,12 +68,7 @@ int ar_dmat_create(ar_grid g, int N, int nb, ar_dmat *out)
 {
   *out = NULL;
   AR_CHECK(N >= 1, AR_ERR_INTERNAL, "matrix order %d", N);
-  if (nb <= 0) {
-    int np = g->pr > g->pc ? g->pr : g->pc;
-    nb = (N + np - 1) / np;
-    if (nb > 64) nb = 64;
-    if (nb < 1) nb = 1;
-  }
+  if (nb <= 0) nb = ar_plan_default_nb(N, g->pr, g->pc);
   ar_dmat A;
   AR_MALLOC(A, 1);
   *out = A;

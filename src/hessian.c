@@ -52,17 +52,16 @@ int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly
   /* N = D: the joint Hessian; N = d*d: the H_xx block alone (alternating method). */
   AR_CHECK(N == h->d * h->d + h->d * h->m || N == h->d * h->d, AR_ERR_INTERNAL, "Hessian order %d matches neither D nor d*d", N);
   AR_CHECK((double)N * N < 2147483647.0, AR_ERR_DATA, "D = %d: the Hessian is too large for one reduction", N);
-  int *counts;
-  AR_MALLOC(counts, g->size);
+  int *counts = malloc(sizeof(int) * g->size);
   double *send = malloc(sizeof(double) * (size_t)N * N);
-  if (!send) {
-    free(counts);
-    return AR_ERROR(AR_ERR_MEM, "out of memory: Hessian send buffer of %.1f MB", 8.0 * N * N / 1048576.0);
-  }
   index_tables t = {malloc(sizeof(int) * N), malloc(sizeof(int) * N), malloc(sizeof(int) * h->d * h->d)};
-  if (!t.hi || !t.lo || !t.pair) {
+  int err = counts && send && t.hi && t.lo && t.pair
+                ? AR_OK
+                : AR_ERROR(AR_ERR_MEM, "out of memory: Hessian send buffer of %.1f MB", 8.0 * N * N / 1048576.0);
+  /* Agree before the reduction: a rank short of memory must not leave the others waiting. */
+  if ((err = ar_error_agree(comm, err))) {
     free(t.hi), free(t.lo), free(t.pair), free(send), free(counts);
-    return AR_ERROR(AR_ERR_MEM, "out of memory (Hessian index tables)");
+    return err;
   }
   for (int I = 0; I < N; I++) {
     int X = I < h->d * h->d, J = X ? I : I - h->d * h->d, w = X ? h->d : h->m;

@@ -176,7 +176,7 @@ static int record(lm_state *s, int iter)
                      s->accepted};
   if (iter == 0) it.rho = it.step_norm = 0, it.accepted = 1;
   ar_iter_info *h = realloc(r->history, sizeof *h * (iter + 1));
-  AR_CHECK(h, AR_ERR_MEM, "out of memory for the history");
+  AR_CALL(ar_error_agree(s->p->comm, h ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory for the history")));
   r->history = h;
   h[iter] = it;
   r->iterations = iter;
@@ -218,7 +218,7 @@ static int start(lm_state *s, int *iter)
   s->rho = r->rho, s->accepted = r->accepted;
   AR_CALL(evaluate_point(s));
   ar_iter_info *h = malloc(sizeof *h * (r->iter + 1));
-  AR_CHECK(h, AR_ERR_MEM, "out of memory for the history");
+  AR_CALL(ar_error_agree(s->p->comm, h ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory for the history")));
   memcpy(h, r->history, sizeof *h * (r->iter + 1));
   s->res->history = h;
   s->res->iterations = *iter = r->iter;

@@ -27,7 +27,7 @@ typedef struct {
   {"b", AR_OPT_STRING, &(c).b, NULL, "B file (n x m)", 0, 0, 0},                                             \
   {"grid", AR_OPT_GRID, (c).grid, NULL, "BLACS process grid PRxPC (PR*PC = ranks) [default: as square as possible]", 0, 0, 0}, \
   {"nb", AR_OPT_INT, &(c).nb, NULL, "ScaLAPACK block size [default: min(64, D/max(PR,PC))]", 1, 0, 0},     \
-  {"tile", AR_OPT_INT, &(c).tile, NULL, "rows per softmax tile [default: from --tile-mem]", 1, 0, 0},        \
+  {"tile", AR_OPT_INT, &(c).tile, NULL, "rows per softmax tile [default: from --tile-mem, at most 256]", 1, 0, 0},        \
   {"tile-mem", AR_OPT_DOUBLE, &(c).tile_mem, "32", "memory budget in MB for one tile's work arrays", 0, 1, 0}, \
   {"lambda-x", AR_OPT_DOUBLE, &(c).lambda_x, "0", "ridge weight on ||X||_F^2", 0, 0, 0},                    \
   {"lambda-y", AR_OPT_DOUBLE, &(c).lambda_y, "0", "ridge weight on ||Y||_F^2", 0, 0, 0},                    \

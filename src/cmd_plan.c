@@ -86,7 +86,7 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
       {"ranks", AR_OPT_INT, &ranks, NULL, "MPI ranks, required", 1, 0, 0},
       {"grid", AR_OPT_GRID, grid, NULL, "BLACS process grid PRxPC [default: as square as possible]", 0, 0, 0},
       {"nb", AR_OPT_INT, &nb, NULL, "ScaLAPACK block size [default: min(64, D/max(PR,PC))]", 1, 0, 0},
-      {"tile", AR_OPT_INT, &tile, NULL, "rows per softmax tile [default: from --tile-mem]", 1, 0, 0},
+      {"tile", AR_OPT_INT, &tile, NULL, "rows per softmax tile [default: from --tile-mem, at most 256]", 1, 0, 0},
       {"tile-mem", AR_OPT_DOUBLE, &tile_mem, "32", "memory budget in MB for one tile's work arrays", 0, 1, 0},
       {"hessian", AR_OPT_CHOICE, &hess, "exact", "Hessian kind", 0, 0, "exact|gauss-newton"},
       {"mem-per-rank", AR_OPT_DOUBLE, &mem, NULL, "memory budget per rank in GB [default: from SLURM or the node]", 0, 1,

@@ -136,6 +136,7 @@ void ar_eval_destroy(ar_eval *pev)
                     ev->alpha, ev->fu, ev->e, ev->mm, ev->nsym, ev->k, ev->z1, ev->z2, ev->mmt,
                     ev->parts.hpair, ev->parts.t1, ev->parts.t2, ev->parts.ptp, ev->red};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+  ar_hess_parts_free(&ev->parts);
   free(ev);
   *pev = NULL;
 }

@@ -45,48 +45,54 @@ static double entry(const ar_hess_parts *h, const index_tables *t, int I, int J,
   return 2 * h->ptp[t->hi[I] * d + t->hi[J]] + (I == J ? 2 * ly : 0);
 }
 
-int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly, ar_dmat H, double *t_reduce)
+int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *h, double lx, double ly, ar_dmat H, double *t_reduce)
 {
   ar_grid g = H->g;
-  const int N = H->N, nb = H->nb, zero = 0;
+  const int N = H->N, nb = H->nb, zero = 0, alone = g->size == 1;
   /* N = D: the joint Hessian; N = d*d: the H_xx block alone (alternating method). */
   AR_CHECK(N == h->d * h->d + h->d * h->m || N == h->d * h->d, AR_ERR_INTERNAL, "Hessian order %d matches neither D nor d*d", N);
   AR_CHECK((double)N * N < 2147483647.0, AR_ERR_DATA, "D = %d: the Hessian is too large for one reduction", N);
-  int *counts = malloc(sizeof(int) * g->size);
-  double *send = malloc(sizeof(double) * (size_t)N * N);
-  index_tables t = {malloc(sizeof(int) * N), malloc(sizeof(int) * N), malloc(sizeof(int) * h->d * h->d)};
-  int err = counts && send && t.hi && t.lo && t.pair
-                ? AR_OK
-                : AR_ERROR(AR_ERR_MEM, "out of memory: Hessian send buffer of %.1f MB", 8.0 * N * N / 1048576.0);
+  /* The send buffer (not needed on one rank: entries go straight into H) and the index
+   * tables are kept between evaluations: a fresh D^2 buffer each time costs page faults. */
+  int err = AR_OK;
+  if (h->work_n != N) {
+    free(h->send), free(h->counts), free(h->hi), free(h->lo), free(h->pairs);
+    h->send = alone ? NULL : malloc(sizeof(double) * (size_t)N * N);
+    h->counts = malloc(sizeof(int) * g->size);
+    h->hi = malloc(sizeof(int) * N), h->lo = malloc(sizeof(int) * N), h->pairs = malloc(sizeof(int) * h->d * h->d);
+    h->work_n = N;
+    if ((!alone && !h->send) || !h->counts || !h->hi || !h->lo || !h->pairs) {
+      h->work_n = 0;
+      err = AR_ERROR(AR_ERR_MEM, "out of memory: Hessian send buffer of %.1f MB", 8.0 * N * N / 1048576.0);
+    }
+    for (int I = 0; I < N && !err; I++) {
+      int X = I < h->d * h->d, J = X ? I : I - h->d * h->d, w = X ? h->d : h->m;
+      h->hi[I] = J / w, h->lo[I] = J % w;
+    }
+    for (int a = 0; a < h->d && !err; a++)
+      for (int b = 0; b < h->d; b++) h->pairs[a * h->d + b] = a <= b ? ar_pair(h->d, a, b) : ar_pair(h->d, b, a);
+  }
   /* Agree before the reduction: a rank short of memory must not leave the others waiting. */
-  if ((err = ar_error_agree(comm, err))) {
-    free(t.hi), free(t.lo), free(t.pair), free(send), free(counts);
-    return err;
-  }
-  for (int I = 0; I < N; I++) {
-    int X = I < h->d * h->d, J = X ? I : I - h->d * h->d, w = X ? h->d : h->m;
-    t.hi[I] = J / w, t.lo[I] = J % w;
-  }
-  for (int a = 0; a < h->d; a++)
-    for (int b = 0; b < h->d; b++) t.pair[a * h->d + b] = a <= b ? ar_pair(h->d, a, b) : ar_pair(h->d, b, a);
+  AR_CALL(ar_error_agree(comm, err));
+  const index_tables t = {h->hi, h->lo, h->pairs};
+  double *send = alone ? H->a : h->send;
   size_t off = 0;
   const int global_part = g->rank == 0;
   for (int prow = 0; prow < g->pr; prow++)
     for (int pcol = 0; pcol < g->pc; pcol++) {
       int lr = numroc_(&N, &nb, &prow, &zero, &g->pr), lc = numroc_(&N, &nb, &pcol, &zero, &g->pc);
-      counts[prow * g->pc + pcol] = lr * lc;
+      h->counts[prow * g->pc + pcol] = lr * lc;
       for (int lj = 0; lj < lc; lj++) {
         int J = ar_bc_global(lj, nb, g->pc, pcol);
         for (int li = 0; li < lr; li++)
           send[off++] = entry(h, &t, ar_bc_global(li, nb, g->pr, prow), J, global_part, lx, ly);
       }
     }
+  *t_reduce = 0;
+  if (alone) return AR_OK;
   double t0 = ar_wtime();
-  int rc = MPI_Reduce_scatter(send, H->a, counts, MPI_DOUBLE, MPI_SUM, comm);
+  int rc = MPI_Reduce_scatter(send, H->a, h->counts, MPI_DOUBLE, MPI_SUM, comm);
   *t_reduce = ar_wtime() - t0;
-  free(send);
-  free(counts);
-  free(t.hi), free(t.lo), free(t.pair);
   AR_CHECK(rc == MPI_SUCCESS, AR_ERR_MPI, "MPI_Reduce_scatter of the Hessian failed");
   /* Entries (I,J) and (J,I) live on different owners, and the reduction may sum the ranks'
    * contributions in a different order for each: restore exact symmetry, H = (H + H^T) / 2
@@ -100,4 +106,11 @@ int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *h, double lx, double ly
     *t_reduce += ar_wtime() - t0;
   }
   return AR_OK;
+}
+
+void ar_hess_parts_free(ar_hess_parts *h)
+{
+  free(h->send), free(h->counts), free(h->hi), free(h->lo), free(h->pairs);
+  h->send = NULL, h->counts = h->hi = h->lo = h->pairs = NULL;
+  h->work_n = 0;
 }

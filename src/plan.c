@@ -8,6 +8,7 @@
 
 /* Peak RSS of a run on a tiny problem (MPI, OpenBLAS, ScaLAPACK runtimes), measured here. */
 #define AR_BASELINE_BYTES (16.0 * 1048576.0)
+#define AR_AUTO_TILE_MAX 256
 
 void ar_plan_default_grid(int ranks, int *pr, int *pc)
 {
@@ -32,7 +33,10 @@ static double tile_row_doubles(int64_t n, int d, int m)
 
 int64_t ar_plan_tile_rows(int64_t n, int d, int m, int ranks, int64_t tile, double tile_mem_mb)
 {
+  /* Automatic tiles: within the budget and at most 256 rows; larger tiles gain nothing in the
+   * GEMMs (measured) and cost page faults on first touch. */
   int64_t t = tile > 0 ? tile : (int64_t)(tile_mem_mb * 1048576.0 / (8.0 * tile_row_doubles(n, d, m)));
+  if (tile <= 0 && t > AR_AUTO_TILE_MAX) t = AR_AUTO_TILE_MAX;
   int64_t maxloc = (n + ranks - 1) / ranks; /* the largest local block: the same tile on every rank */
   if (t > maxloc) t = maxloc;
   return t < 1 ? 1 : t;
@@ -66,7 +70,7 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   p->mem_tiles = B * p->tile * tile_row_doubles(n, d, m);
   p->mem_parts = B * (np * np + 2.0 * d * d * d * m + 2.0 * d * d + d * m + 1);
   p->mem_hessian = B * 2 * lr * lc;                        /* the local share and its factor copy */
-  p->mem_assembly = B * (double)D * D + 12.0 * D;          /* reduce-scatter send buffer, index tables */
+  p->mem_assembly = (ranks > 1 ? B * (double)D * D : 0) + 12.0 * D; /* reduce-scatter send buffer, index tables */
   p->mem_solver = B * 5.0 * D;
   p->mem_baseline = AR_BASELINE_BYTES;
   p->mem_total = p->mem_inputs + p->mem_tables + p->mem_tiles + p->mem_parts + p->mem_hessian + p->mem_assembly +

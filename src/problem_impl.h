@@ -33,11 +33,18 @@ typedef struct {
   double *t1;     /* (d*m) x (d*d): sum_j a1_jp C[j,i] E_j[q,k] at [(p,i),(q,k)] */
   double *t2;     /* (d*d) x (d*m): sum_j a1_jp P[j,k] M_j[q,i] at [(p,k),(q,i)] */
   double *ptp;    /* d x d: P^T P, global (already reduced); added by rank 0 only */
+  /* assembly work space kept between evaluations (hessian.c) */
+  int work_n;
+  double *send;
+  int *counts, *hi, *lo, *pairs;
 } ar_hess_parts;
 
 /* Collective: sum every rank's parts and write the D x D Hessian into H (block-cyclic),
- * adding the ridge 2*lambda on the diagonal. */
-int ar_hess_assemble(MPI_Comm comm, const ar_hess_parts *parts, double lambda_x, double lambda_y, ar_dmat H,
+ * adding the ridge 2*lambda on the diagonal.  Keeps its work space in parts
+ * (ar_hess_parts_free releases it). */
+int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *parts, double lambda_x, double lambda_y, ar_dmat H,
                      double *t_reduce);
+
+void ar_hess_parts_free(ar_hess_parts *parts);
 
 #endif

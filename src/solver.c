@@ -7,7 +7,8 @@
  *                              max_it, mu overflow, time limit, signal      -> stop if set
  *     s = mean |diag H| * min(1, |g|/|g0|)        (dimensionless mu; shift -> 0 as g -> 0)
  *     solve (H + mu s I) dz = -g by pdpotrf/pdpotrs;  not positive definite -> raise mu, retry
- *     f_t = L(z + dz);  pred = -g.dz - dz.H.dz/2 = (-g.dz + mu s |dz|^2) / 2;  rho = (f - f_t) / pred
+ *     f_t = L(z + dz) [trusted regime: f, g, H at z + dz at once];
+ *     pred = -g.dz - dz.H.dz/2 = (-g.dz + mu s |dz|^2) / 2;  rho = (f - f_t) / pred
  *     rho > eta and f_t finite: accept (z += dz; f, g, H at z), shrink mu (Nielsen's rule)
  *     otherwise: reject, grow mu (x nu, nu doubles)
  *     [alternating, after an accepted X step: Y <- least squares at the new X]
@@ -63,8 +64,8 @@ typedef struct {
   ar_eval ev;
   const ar_solver_options *o;
   int d, m, dd, N, off;     /* N unknowns of the Newton system, at offset off in z */
-  double *z, *zt, *dz, *g, *rhs;
-  double f, f_prev, gnorm, g0norm, mu, nu, rho, step_norm, bnorm2;
+  double *z, *zt, *dz, *g, *gt, *rhs;
+  double f, f_prev, gnorm, g0norm, mu, nu, rho, pred, step_norm, bnorm2;
   int accepted;
   ar_dmat H;
   ar_solve_result *res;
@@ -135,18 +136,23 @@ static int compute_step(lm_state *s)
   s->step_norm = norm2(s->dz, s->N);
   double gdz = 0;
   for (int i = 0; i < s->N; i++) gdz += s->g[s->off + i] * s->dz[i];
-  s->rho = -0.5 * gdz + 0.5 * s->mu * scale * s->step_norm * s->step_norm; /* predicted decrease */
+  s->pred = -0.5 * gdz + 0.5 * s->mu * scale * s->step_norm * s->step_norm; /* predicted decrease */
   return AR_OK;
 }
 
 /* Loss at z + dz; accept or reject; update mu (Nielsen's rule). */
 static int try_step(lm_state *s)
 {
-  const double pred = s->rho;
+  const double pred = s->pred;
   memcpy(s->zt, s->z, sizeof(double) * (s->dd + s->d * s->m));
   for (int i = 0; i < s->N; i++) s->zt[s->off + i] += s->dz[i];
+  /* Speculation: once steps are trusted (the last one was accepted with rho > 0.75) they are
+   * nearly always accepted, so f, g and H are evaluated at the trial point at once, saving the
+   * separate evaluation after acceptance; a rejection re-evaluates the current point.  The
+   * decision depends only on saved state (accepted, rho), so restarts repeat it. */
+  const int spec = s->o->method == AR_METHOD_JOINT && s->accepted && s->rho > 0.75;
   double ft;
-  AR_CALL(add_eval(s, s->zt, AR_HESS_NONE, &ft, NULL));
+  AR_CALL(add_eval(s, s->zt, spec ? s->o->hessian : AR_HESS_NONE, &ft, spec ? s->gt : NULL));
   /* Fault injection for the reliability tests: ATTNREG_INJECT_NAN_TRIAL=K makes the K-th trial
    * loss NaN (same environment on every rank, so every rank sees it). */
   static int trials = 0;
@@ -157,7 +163,7 @@ static int try_step(lm_state *s)
   if (!s->accepted) {
     s->mu = (s->mu < 1e-12 ? 1e-12 : s->mu) * s->nu;
     s->nu *= 2;
-    return AR_OK;
+    return spec ? evaluate_point(s) : AR_OK; /* spec overwrote H: restore it at z */
   }
   double shrink = 1 - pow(2 * s->rho - 1, 3);
   s->mu *= shrink > 1.0 / 3 ? shrink : 1.0 / 3;
@@ -166,7 +172,11 @@ static int try_step(lm_state *s)
   s->f_prev = s->f;
   memcpy(s->z, s->zt, sizeof(double) * (s->dd + s->d * s->m));
   if (s->o->method == AR_METHOD_ALTERNATING) AR_CALL(ar_solve_least_squares_y(s->ev, s->z, s->z + s->dd));
-  return evaluate_point(s);
+  if (!spec) return evaluate_point(s);
+  s->f = ft;
+  memcpy(s->g, s->gt, sizeof(double) * (s->dd + s->d * s->m));
+  s->gnorm = norm2(s->g, s->dd + s->d * s->m);
+  return AR_OK;
 }
 
 static int record(lm_state *s, int iter)
@@ -258,8 +268,8 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   s.off = 0;
   int err = ar_dmat_create(grid, s.N, o->nb, &s.H);
   s.z = calloc(D, sizeof(double)), s.zt = calloc(D, sizeof(double)), s.g = calloc(D, sizeof(double));
-  s.dz = calloc(D, sizeof(double)), s.rhs = calloc(D, sizeof(double));
-  if (!err && !(s.z && s.zt && s.g && s.dz && s.rhs)) err = AR_ERROR(AR_ERR_MEM, "out of memory (solver vectors)");
+  s.dz = calloc(D, sizeof(double)), s.rhs = calloc(D, sizeof(double)), s.gt = calloc(D, sizeof(double));
+  if (!err && !(s.z && s.zt && s.g && s.dz && s.rhs && s.gt)) err = AR_ERROR(AR_ERR_MEM, "out of memory (solver vectors)");
   err = ar_error_agree(p->comm, err);
   if (!err) {
     memcpy(s.z, X, sizeof(double) * s.dd);
@@ -276,6 +286,6 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   }
   res->t_total = ar_wtime() - s.t_start;
   ar_dmat_destroy(&s.H);
-  free(s.z), free(s.zt), free(s.g), free(s.dz), free(s.rhs);
+  free(s.z), free(s.zt), free(s.g), free(s.dz), free(s.rhs), free(s.gt);
   return err;
 }

@@ -28,18 +28,25 @@ data = os.path.join(tmp, "data")
 subprocess.run(["mpirun", "-n", "1", args.attnreg, "generate", "--n", str(args.n), "--d", str(args.d), "--seed",
                 str(args.seed), "--out", data, "--quiet"], check=True)
 
-# attnreg
-out = os.path.join(tmp, "attnreg")
-t0 = time.perf_counter()
-subprocess.run(["mpirun", "-n", "1", args.attnreg, "solve", "--data", data, "--x0", data + "/X0.npy", "--out", out,
-                "--quiet"], check=True)
-wall = time.perf_counter() - t0
-rows = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
-ar_time = {}
-for t in TARGETS:
-    hit = [float(r["seconds"]) for r in rows if float(r["rel_loss"]) <= t]
-    ar_time[t] = hit[0] if hit else float("nan")
-final = float(rows[-1]["rel_loss"])
+
+
+def attnreg(hessian):
+    """Solve with attnreg; returns (iterations, final rel_loss, whole-process seconds, {target: solver seconds})."""
+    out = os.path.join(tmp, "attnreg-" + hessian)
+    t0 = time.perf_counter()
+    subprocess.run(["mpirun", "-n", "1", args.attnreg, "solve", "--data", data, "--x0", data + "/X0.npy", "--hessian",
+                    hessian, "--out", out, "--quiet"], check=True)
+    wall = time.perf_counter() - t0
+    with open(os.path.join(out, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    hits = {}
+    for t in TARGETS:
+        hit = [float(r["seconds"]) for r in rows if float(r["rel_loss"]) <= t]
+        hits[t] = hit[0] if hit else float("nan")
+    return len(rows) - 1, float(rows[-1]["rel_loss"]), wall, hits
+
+
+runs = {h: attnreg(h) for h in ("exact", "gauss-newton")}
 
 # PyTorch L-BFGS on the same data and start
 torch.set_num_threads(1)
@@ -90,11 +97,12 @@ rel = best[0]
 steps = evals[0]
 
 print("bench-solve: planted n=%d d=%d m=%d, start X_true + 0.3 N(0,1), 1 thread each" % (args.n, args.d, args.d))
-print("  attnreg solve: %d iterations, final rel_loss %.3g, whole process %.3f s" % (len(rows) - 1, final, wall))
 print("  PyTorch %s L-BFGS (strong Wolfe, history 20): %d loss+gradient evaluations, best rel_loss %.3g"
       % (torch.__version__, steps, rel))
-for t in TARGETS:
-    a, p = ar_time[t], pt_time.get(t, float("nan"))
-    print("  to rel_loss %.0e: attnreg %.3f s (solver clock), PyTorch %s -> %s" % (
-        t, a, "%.3f s" % p if t in pt_time else "not reached in %.0f s" % args.torch_limit,
-        "speed-up %.1fx (%.1fx counting attnreg's whole process)" % (p / a, p / wall) if t in pt_time else "-"))
+for h, (its, final, wall, hits) in runs.items():
+    print("  attnreg solve --hessian %s: %d iterations, final rel_loss %.3g, whole process %.3f s" % (h, its, final, wall))
+    for t in TARGETS:
+        a, p = hits[t], pt_time.get(t, float("nan"))
+        print("    to rel_loss %.0e: attnreg %.3f s (solver clock), PyTorch %s -> %s" % (
+            t, a, "%.3f s" % p if t in pt_time else "not reached in %.0f s" % args.torch_limit,
+            "speed-up %.1fx (%.1fx counting attnreg's whole process)" % (p / a, p / wall) if t in pt_time else "-"))

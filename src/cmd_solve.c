@@ -27,7 +27,7 @@ static volatile sig_atomic_t g_signal;
 
 static void on_signal(int sig) { g_signal = sig; }
 
-static void install_signal_handlers(void)
+void ar_cmd_solve_signals(void)
 {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -217,7 +217,6 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   ar_solve_result r = {0};
   ar_checkpoint ck = {0};
   ckpt_ctx cctx = {comm, &s, NULL, -1};
-  install_signal_handlers();
   int64_t n = 0;
   int d = 0, m = 0, have_out = 0;
   int err = ar_grid_create(comm, s.c.grid[0], s.c.grid[1], &grid);

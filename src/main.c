@@ -96,6 +96,7 @@ int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int 
 
 int main(int argc, char **argv)
 {
+  if (argc > 1 && !strcmp(argv[1], "solve")) ar_cmd_solve_signals();
   MPI_Init(&argc, &argv);
   MPI_Comm comm = MPI_COMM_WORLD;
   int rank, err = AR_OK;

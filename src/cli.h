@@ -42,6 +42,9 @@ int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *cfg, double mem_per_
  * option names the command-line option in messages.  dst must hold rows*cols doubles. */
 int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int rows, int cols, double *dst);
 
+/* Collective: a local time reduced to its maximum and average over comm. */
+void ar_cli_time_stats(MPI_Comm comm, double t, double *mx, double *avg);
+
 /* Parse argv for a subcommand; prints help (rank 0) and sets *done when --help was given. */
 int ar_cli_parse(MPI_Comm comm, const char *usage, const ar_option *opts, int nopts, int argc, char **argv,
                  int *done);

@@ -9,16 +9,6 @@
 #include "output.h"
 #include "timing.h"
 
-/* Reduce a local time to max and average over comm. */
-static void time_stats(MPI_Comm comm, double t, double *mx, double *avg)
-{
-  int size;
-  MPI_Comm_size(comm, &size);
-  MPI_Allreduce(&t, mx, 1, MPI_DOUBLE, MPI_MAX, comm);
-  MPI_Allreduce(&t, avg, 1, MPI_DOUBLE, MPI_SUM, comm);
-  *avg /= size;
-}
-
 static int write_eval_json(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid grid, ar_dmat H, int64_t tile,
                            const ar_eval_out *r, double gnorm, const double t[5], double flops, double rss)
 {
@@ -28,7 +18,7 @@ static int write_eval_json(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid 
   ar_grid_shape(grid, &pr, &pc);
   static const char *names[5] = {"io", "loss_gradient", "hessian", "reduction", "write"};
   double mx[5], avg[5];
-  for (int i = 0; i < 5; i++) time_stats(comm, t[i], &mx[i], &avg[i]);
+  for (int i = 0; i < 5; i++) ar_cli_time_stats(comm, t[i], &mx[i], &avg[i]);
   if (rank != 0) return AR_OK;
   FILE *f = ar_out_fopen(out, "eval.json");
   AR_CHECK(f, AR_ERR_IO, "%s", ar_error_message());

@@ -117,12 +117,9 @@ static int write_history(ar_out *out, const ar_solve_result *r)
 /* Phase times reduced to max / avg over ranks, written as JSON members. */
 static void phase_json(MPI_Comm comm, FILE *f, const char *name, double t, int last)
 {
-  int size;
-  MPI_Comm_size(comm, &size);
-  double mx, sum;
-  MPI_Allreduce(&t, &mx, 1, MPI_DOUBLE, MPI_MAX, comm);
-  MPI_Allreduce(&t, &sum, 1, MPI_DOUBLE, MPI_SUM, comm);
-  if (f) fprintf(f, "    \"%s\": {\"max\": %.6f, \"avg\": %.6f}%s\n", name, mx, sum / size, last ? "" : ",");
+  double mx, avg;
+  ar_cli_time_stats(comm, t, &mx, &avg);
+  if (f) fprintf(f, "    \"%s\": {\"max\": %.6f, \"avg\": %.6f}%s\n", name, mx, avg, last ? "" : ",");
 }
 
 static int write_summary(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid grid, int nb, int64_t tile,

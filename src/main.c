@@ -75,6 +75,15 @@ int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_ra
   return AR_OK;
 }
 
+void ar_cli_time_stats(MPI_Comm comm, double t, double *mx, double *avg)
+{
+  int size;
+  MPI_Comm_size(comm, &size);
+  MPI_Allreduce(&t, mx, 1, MPI_DOUBLE, MPI_MAX, comm);
+  MPI_Allreduce(&t, avg, 1, MPI_DOUBLE, MPI_SUM, comm);
+  *avg /= size;
+}
+
 int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int rows, int cols, double *dst)
 {
   int rank, err = AR_OK;

@@ -63,7 +63,7 @@ typedef struct {
   ar_problem p;
   ar_eval ev;
   const ar_solver_options *o;
-  int d, m, dd, N, off;     /* N unknowns of the Newton system, at offset off in z */
+  int d, m, dd, N;          /* N unknowns of the Newton system: the first N entries of z */
   double *z, *zt, *dz, *g, *gt, *rhs;
   double f, f_prev, gnorm, g0norm, mu, nu, rho, pred, step_norm, bnorm2;
   int accepted;
@@ -106,7 +106,7 @@ static ar_reason converged(const lm_state *s, int iter)
   if (s->gnorm <= o->grtol * s->f) return AR_CONVERGED_GRTOL;
   if (s->gnorm <= o->gttol * s->g0norm) return AR_CONVERGED_GTTOL;
   if (iter > 0 && s->accepted && fabs(s->f_prev - s->f) <= o->ftol * s->f_prev) return AR_CONVERGED_FTOL;
-  if (iter > 0 && s->step_norm <= o->steptol * (norm2(s->z + s->off, s->N) + o->steptol)) return AR_CONVERGED_STEPTOL;
+  if (iter > 0 && s->step_norm <= o->steptol * (norm2(s->z, s->N) + o->steptol)) return AR_CONVERGED_STEPTOL;
   if (iter >= o->max_iter) return AR_DIVERGED_MAXITS;
   if (s->mu > o->mu_max) return AR_DIVERGED_MU_OVERFLOW;
   if (o->time_limit > 0 && ar_wtime() - s->t_start >= o->time_limit) return AR_DIVERGED_TIME_LIMIT;
@@ -122,7 +122,7 @@ static int compute_step(lm_state *s)
   /* A shift proportional to |g| near the solution keeps Newton's quadratic rate
    * (Yamashita-Fukushima); far away the gain-ratio rule alone controls mu. */
   if (s->g0norm > 0 && s->gnorm < s->g0norm) scale *= s->gnorm / s->g0norm;
-  for (int i = 0; i < s->N; i++) s->rhs[i] = -s->g[s->off + i];
+  for (int i = 0; i < s->N; i++) s->rhs[i] = -s->g[i];
   for (;;) {
     int not_pd = 0;
     AR_CALL(ar_dmat_shifted_solve(s->H, s->mu * scale, s->rhs, s->dz, &not_pd));
@@ -135,7 +135,7 @@ static int compute_step(lm_state *s)
   }
   s->step_norm = norm2(s->dz, s->N);
   double gdz = 0;
-  for (int i = 0; i < s->N; i++) gdz += s->g[s->off + i] * s->dz[i];
+  for (int i = 0; i < s->N; i++) gdz += s->g[i] * s->dz[i];
   s->pred = -0.5 * gdz + 0.5 * s->mu * scale * s->step_norm * s->step_norm; /* predicted decrease */
   return AR_OK;
 }
@@ -145,7 +145,7 @@ static int try_step(lm_state *s)
 {
   const double pred = s->pred;
   memcpy(s->zt, s->z, sizeof(double) * (s->dd + s->d * s->m));
-  for (int i = 0; i < s->N; i++) s->zt[s->off + i] += s->dz[i];
+  for (int i = 0; i < s->N; i++) s->zt[i] += s->dz[i];
   /* Speculation: once steps are trusted (the last one was accepted with rho > 0.75) they are
    * nearly always accepted, so f, g and H are evaluated at the trial point at once, saving the
    * separate evaluation after acceptance; a rejection re-evaluates the current point.  The
@@ -265,7 +265,6 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
                 .bnorm2 = p->bnorm2 > 0 ? p->bnorm2 : 1, .res = res, .t_start = ar_wtime()};
   const int D = s.dd + s.d * s.m;
   s.N = o->method == AR_METHOD_ALTERNATING ? s.dd : D;
-  s.off = 0;
   int err = ar_dmat_create(grid, s.N, o->nb, &s.H);
   s.z = calloc(D, sizeof(double)), s.zt = calloc(D, sizeof(double)), s.g = calloc(D, sizeof(double));
   s.dz = calloc(D, sizeof(double)), s.rhs = calloc(D, sizeof(double)), s.gt = calloc(D, sizeof(double));

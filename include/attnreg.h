@@ -84,10 +84,14 @@ void ar_dmat_destroy(ar_dmat *A);                    /* not collective */
 int ar_dmat_nb(ar_dmat A);                           /* global */
 /* Collective: write the whole matrix to a float64 .npy file with MPI-IO (darray file view). */
 int ar_dmat_write_npy(ar_dmat A, const char *path);
-/* Collective: solve (A + shift*I) x = rhs by Cholesky (pdpotrf + pdpotrs); A is kept.
- * rhs, x: global vectors of length N (replicated).  *not_pd = 1 (and x untouched) when
- * A + shift*I is not positive definite (pdpotrf info > 0). */
-int ar_dmat_shifted_solve(ar_dmat A, double shift, const double *rhs, double *x, int *not_pd);
+/* Collective: Cholesky factor of A + shift*I (pdpotrf; LAPACK dpotrf on one process) into a
+ * separate copy: A is kept, and the factor stays valid until the next ar_dmat_factor, even
+ * if A itself is overwritten.  *not_pd = 1 when A + shift*I is not positive definite
+ * (pdpotrf info > 0: global). */
+int ar_dmat_factor(ar_dmat A, double shift, int *not_pd);
+/* Collective: x = (A + shift*I)^{-1} rhs with the last successful ar_dmat_factor (pdpotrs).
+ * rhs, x: global vectors of length N (replicated). */
+int ar_dmat_solve(ar_dmat A, const double *rhs, double *x);
 /* Collective: the whole matrix on every rank (N x N row-major into full).  For tests and small
  * matrices only: the solver never calls it. */
 int ar_dmat_gather(ar_dmat A, double *full);
@@ -96,7 +100,8 @@ int ar_dmat_mean_abs_diag(ar_dmat A, double *mean);
 
 /* ------------------------------------------------------------------------------------------
  * Evaluation of L, its gradient and joint Hessian (MATH.md §1-§3, distributed as §5). */
-typedef enum { AR_HESS_NONE = 0, AR_HESS_EXACT, AR_HESS_GAUSS_NEWTON } ar_hessian_kind;
+/* AUTO is a solver choice only (Gauss-Newton while it makes fast progress, then exact). */
+typedef enum { AR_HESS_NONE = 0, AR_HESS_EXACT, AR_HESS_GAUSS_NEWTON, AR_HESS_AUTO } ar_hessian_kind;
 
 typedef struct ar_eval_s *ar_eval;
 
@@ -176,6 +181,8 @@ typedef struct {
   int iter;              /* 0 = the starting point */
   double loss, rel_loss, grad_norm, mu, rho, step_norm, seconds;
   int accepted;          /* the trial step of this iteration was taken */
+  int hessian;           /* ar_hessian_kind of the Hessian behind this step (iteration 0: at the start) */
+  int chord;             /* 1: the step reused the Cholesky factor of an earlier point (chord step) */
 } ar_iter_info;
 
 typedef void (*ar_monitor_fn)(const ar_iter_info *it, void *ctx); /* called on every rank */
@@ -185,8 +192,15 @@ typedef struct {
   int iter;                  /* iterations done */
   int accepted;              /* the last trial step was taken */
   double mu, nu, f_prev, g0norm, step_norm, rho;
+  int h_kind;                /* kind of the Hessian last evaluated (the one factored) */
+  int hk_next;               /* kind for the next Hessian evaluation (--hessian auto) */
+  int h_fresh;               /* 1: that Hessian is at z; 0: at zf, and the next step is a chord step */
+  int nchord;                /* chord steps taken with the current factor */
+  double fact_shift;         /* shift of the current factor */
+  double contraction;        /* |g| after / before the last accepted step */
   int D;
   double *z;                 /* D = d*d + d*m: [vec_r X; vec_r Y] */
+  double *zf;                /* the point whose Hessian is factored (= z when h_fresh) */
   ar_iter_info *history;     /* iter + 1 entries */
 } ar_solver_state;
 
@@ -196,7 +210,8 @@ typedef int (*ar_checkpoint_fn)(const ar_solver_state *st, void *ctx);
 
 typedef struct {
   ar_method method;
-  ar_hessian_kind hessian;   /* EXACT or GAUSS_NEWTON */
+  ar_hessian_kind hessian;   /* EXACT, GAUSS_NEWTON or AUTO */
+  int chord_steps;           /* steps that reuse one Cholesky factor after the Newton step (0: none) */
   int64_t max_iter;
   double time_limit;         /* seconds, <= 0: none */
   double gatol, grtol, gttol, ftol, steptol;

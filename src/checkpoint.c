@@ -1,8 +1,9 @@
-/* Checkpoint file format (little-endian), version 1:
- *   "ARCKPT" 0x01 0x00 | n i64 | d i32 | m i32 | data_hash u64 | method i32 | hessian i32 |
+/* Checkpoint file format (little-endian), version 2:
+ *   "ARCKPT" 0x02 0x00 | n i64 | d i32 | m i32 | data_hash u64 | method i32 | hessian i32 |
  *   lambda_x f64 | lambda_y f64 | iter i32 | accepted i32 | mu nu f_prev g0norm step_norm rho f64 |
- *   D i32 | z[D] f64 | nhist i32 (= iter + 1) | nhist x (iter i32, accepted i32, loss rel_loss
- *   grad_norm mu rho step_norm seconds f64) | FNV-1a 64 checksum of every byte before it. */
+ *   h_kind hk_next h_fresh nchord i32 | fact_shift contraction f64 | D i32 | z[D] f64 | zf[D] f64 |
+ *   nhist i32 (= iter + 1) | nhist x (iter accepted hessian chord i32, loss rel_loss grad_norm mu
+ *   rho step_norm seconds f64) | FNV-1a 64 checksum of every byte before it. */
 #include "checkpoint.h"
 
 #include <errno.h>
@@ -14,7 +15,7 @@
 
 #include "error.h"
 
-static const char magic[8] = {'A', 'R', 'C', 'K', 'P', 'T', 1, 0};
+static const char magic[8] = {'A', 'R', 'C', 'K', 'P', 'T', 2, 0};
 #define AR_CKPT_MAX_D (1 << 24)
 #define AR_CKPT_MAX_ITER (1 << 24)
 
@@ -53,18 +54,21 @@ int ar_checkpoint_write(const char *path, const ar_checkpoint *c)
   const ar_solver_state *s = &c->st;
   wbuf w = {0};
   int32_t d = c->d, m = c->m, method = c->method, hess = c->hessian, iter = s->iter, acc = s->accepted, D = s->D;
-  int32_t nh = s->iter + 1;
+  int32_t nh = s->iter + 1, hkind = s->h_kind, hnext = s->hk_next, fresh = s->h_fresh, nchord = s->nchord;
   put(&w, magic, sizeof magic);
   PUT(&w, c->n), PUT(&w, d), PUT(&w, m), PUT(&w, c->data_hash), PUT(&w, method), PUT(&w, hess);
   PUT(&w, c->lambda_x), PUT(&w, c->lambda_y), PUT(&w, iter), PUT(&w, acc);
   PUT(&w, s->mu), PUT(&w, s->nu), PUT(&w, s->f_prev), PUT(&w, s->g0norm), PUT(&w, s->step_norm), PUT(&w, s->rho);
+  PUT(&w, hkind), PUT(&w, hnext), PUT(&w, fresh), PUT(&w, nchord), PUT(&w, s->fact_shift);
+  PUT(&w, s->contraction);
   PUT(&w, D);
   put(&w, s->z, sizeof(double) * D);
+  put(&w, s->zf, sizeof(double) * D);
   PUT(&w, nh);
   for (int i = 0; i < nh; i++) {
     const ar_iter_info *h = &s->history[i];
-    int32_t it = h->iter, a = h->accepted;
-    PUT(&w, it), PUT(&w, a), PUT(&w, h->loss), PUT(&w, h->rel_loss), PUT(&w, h->grad_norm), PUT(&w, h->mu);
+    int32_t it = h->iter, a = h->accepted, hh = h->hessian, hc = h->chord;
+    PUT(&w, it), PUT(&w, a), PUT(&w, hh), PUT(&w, hc), PUT(&w, h->loss), PUT(&w, h->rel_loss), PUT(&w, h->grad_norm), PUT(&w, h->mu);
     PUT(&w, h->rho), PUT(&w, h->step_norm), PUT(&w, h->seconds);
   }
   uint64_t sum = w.oom ? 0 : fnv1a(w.buf, w.len);
@@ -108,29 +112,39 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   rbuf r = {buf, len, 0};
   char mg[8];
   AR_CHECK(get(&r, mg, 8) && !memcmp(mg, magic, 6), AR_ERR_DATA, "%s: not an attnreg checkpoint", name);
-  AR_CHECK(mg[6] == 1 && mg[7] == 0, AR_ERR_DATA, "%s: checkpoint format version %d is not supported", name, mg[6]);
+  AR_CHECK(mg[6] == 2 && mg[7] == 0, AR_ERR_DATA, "%s: checkpoint format version %d is not supported", name, mg[6]);
   AR_CHECK(len >= 16, AR_ERR_DATA, "%s: truncated checkpoint", name);
   uint64_t sum;
   memcpy(&sum, buf + len - 8, 8);
   AR_CHECK(sum == fnv1a(buf, len - 8), AR_ERR_DATA, "%s: checksum mismatch (corrupt or truncated checkpoint)", name);
   r.len = len - 8;
-  int32_t d, m, method, hess, iter, acc, D, nh;
+  int32_t d, m, method, hess, iter, acc, D, nh, hkind, hnext, fresh, nchord;
   ar_solver_state *s = &c->st;
   int ok = GET(&r, c->n) && GET(&r, d) && GET(&r, m) && GET(&r, c->data_hash) && GET(&r, method) && GET(&r, hess) &&
            GET(&r, c->lambda_x) && GET(&r, c->lambda_y) && GET(&r, iter) && GET(&r, acc) && GET(&r, s->mu) &&
            GET(&r, s->nu) && GET(&r, s->f_prev) && GET(&r, s->g0norm) && GET(&r, s->step_norm) && GET(&r, s->rho) &&
+           GET(&r, hkind) && GET(&r, hnext) && GET(&r, fresh) && GET(&r, nchord) && GET(&r, s->fact_shift) &&
+           GET(&r, s->contraction) &&
            GET(&r, D);
   AR_CHECK(ok, AR_ERR_DATA, "%s: truncated checkpoint", name);
   AR_CHECK(c->n > 0 && d > 0 && m > 0 && D > 0 && D <= AR_CKPT_MAX_D && (int64_t)d * d + (int64_t)d * m == D,
            AR_ERR_DATA, "%s: inconsistent sizes in checkpoint (n=%lld d=%d m=%d D=%d)", name, (long long)c->n, d, m, D);
-  AR_CHECK(iter >= 0 && iter < AR_CKPT_MAX_ITER && (method == 0 || method == 1) && (hess == 1 || hess == 2),
+  int kinds_ok = (hkind == 1 || hkind == 2) && (hnext == 1 || hnext == 2) && (fresh == 0 || fresh == 1);
+  AR_CHECK(iter >= 0 && iter < AR_CKPT_MAX_ITER && (method == 0 || method == 1) && hess >= 1 && hess <= 3 &&
+               kinds_ok && nchord >= 0 && nchord <= iter,
            AR_ERR_DATA, "%s: invalid solver state in checkpoint", name);
   c->d = d, c->m = m, c->method = method, c->hessian = hess, s->iter = iter, s->accepted = acc, s->D = D;
-  AR_CHECK(r.len - r.off >= sizeof(double) * (size_t)D, AR_ERR_DATA, "%s: truncated checkpoint", name);
+  s->h_kind = hkind, s->hk_next = hnext, s->h_fresh = fresh, s->nchord = nchord;
+  AR_CHECK((r.len - r.off) / 2 >= sizeof(double) * (size_t)D, AR_ERR_DATA, "%s: truncated checkpoint", name);
   s->z = malloc(sizeof(double) * D);
-  AR_CHECK(s->z, AR_ERR_MEM, "%s: out of memory", name);
+  s->zf = malloc(sizeof(double) * D);
+  if (!s->z || !s->zf) {
+    ar_checkpoint_free(c);
+    return AR_ERROR(AR_ERR_MEM, "%s: out of memory", name);
+  }
   get(&r, s->z, sizeof(double) * D);
-  if (!GET(&r, nh) || nh != iter + 1 || (r.len - r.off) / 64 < (size_t)nh) {
+  get(&r, s->zf, sizeof(double) * D);
+  if (!GET(&r, nh) || nh != iter + 1 || (r.len - r.off) / 72 < (size_t)nh) {
     ar_checkpoint_free(c);
     return AR_ERROR(AR_ERR_DATA, "%s: truncated or inconsistent history in checkpoint", name);
   }
@@ -141,13 +155,14 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   }
   for (int i = 0; i < nh; i++) {
     ar_iter_info *h = &s->history[i];
-    int32_t it, a;
-    GET(&r, it), GET(&r, a), GET(&r, h->loss), GET(&r, h->rel_loss), GET(&r, h->grad_norm), GET(&r, h->mu);
+    int32_t it, a, hh, hc;
+    GET(&r, it), GET(&r, a), GET(&r, hh), GET(&r, hc), GET(&r, h->loss), GET(&r, h->rel_loss), GET(&r, h->grad_norm), GET(&r, h->mu);
     GET(&r, h->rho), GET(&r, h->step_norm), GET(&r, h->seconds);
-    h->iter = it, h->accepted = a;
+    h->iter = it, h->accepted = a, h->hessian = hh, h->chord = hc;
   }
-  int finite = isfinite(s->mu) && isfinite(s->nu) && isfinite(s->g0norm);
-  for (int i = 0; i < D; i++) finite &= isfinite(s->z[i]) != 0;
+  int finite = isfinite(s->mu) && isfinite(s->nu) && isfinite(s->g0norm) && isfinite(s->fact_shift) &&
+               isfinite(s->contraction);
+  for (int i = 0; i < D; i++) finite &= isfinite(s->z[i]) && isfinite(s->zf[i]);
   if (r.off != r.len || !finite) {
     ar_checkpoint_free(c);
     return AR_ERROR(AR_ERR_DATA, "%s: %s", name, finite ? "trailing bytes in checkpoint" : "non-finite values in checkpoint");
@@ -186,7 +201,9 @@ int ar_checkpoint_read(const char *path, ar_checkpoint *c)
 void ar_checkpoint_free(ar_checkpoint *c)
 {
   free(c->st.z);
+  free(c->st.zf);
   free(c->st.history);
   c->st.z = NULL;
+  c->st.zf = NULL;
   c->st.history = NULL;
 }

@@ -13,11 +13,15 @@
 #include "output.h"
 #include "timing.h"
 
+/* --hessian choices, in the order of the option's list */
+static const ar_hessian_kind hessian_kinds[] = {AR_HESS_AUTO, AR_HESS_EXACT, AR_HESS_GAUSS_NEWTON};
+static const char *hessian_name(int kind) { return kind == AR_HESS_EXACT ? "exact" : kind == AR_HESS_GAUSS_NEWTON ? "gauss-newton" : "auto"; }
+
 typedef struct {
   ar_common_cfg c;
   const char *x0, *y0, *out, *checkpoint, *restart;
   int method, hessian;
-  int64_t max_iter, checkpoint_every;
+  int64_t max_iter, checkpoint_every, chord_steps;
   double time_limit, gatol, grtol, gttol, ftol, steptol, mu0, mem_per_rank;
 } solve_cfg;
 
@@ -55,7 +59,7 @@ static int write_checkpoint(const ar_solver_state *st, void *vctx)
   MPI_Comm_rank(ctx->comm, &rank);
   if (rank == 0) {
     ar_checkpoint c = {.data_hash = ar_problem_hash(ctx->prob), .method = s->method,
-                       .hessian = s->hessian ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT, .lambda_x = s->c.lambda_x,
+                       .hessian = hessian_kinds[s->hessian], .lambda_x = s->c.lambda_x,
                        .lambda_y = s->c.lambda_y, .st = *st};
     ar_problem_sizes(ctx->prob, &c.n, &c.d, &c.m);
     err = ar_checkpoint_write(s->checkpoint, &c);
@@ -77,7 +81,7 @@ static int read_restart(MPI_Comm comm, const solve_cfg *s, ar_problem prob, ar_c
                    (long long)c->n, c->d, c->m, (long long)n, d, m);
   if (!err && c->data_hash != ar_problem_hash(prob))
     err = AR_ERROR(AR_ERR_DATA, "--restart %s: written for other input data (checksums differ)", f);
-  if (!err && (c->method != s->method || c->hessian != (s->hessian ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT)))
+  if (!err && (c->method != s->method || c->hessian != (int)hessian_kinds[s->hessian]))
     err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with another --method or --hessian", f);
   if (!err && (c->lambda_x != s->c.lambda_x || c->lambda_y != s->c.lambda_y))
     err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --lambda-x %g --lambda-y %g", f, c->lambda_x, c->lambda_y);
@@ -91,14 +95,16 @@ static void monitor(const ar_iter_info *it, void *ctx)
   int rank;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (rank != 0 || *(int *)ctx) return;
-  if (it->iter == 0) printf("%5s %23s %10s %10s %9s %10s %9s %9s\n", "iter", "loss", "rel_loss", "|grad|", "mu", "rho",
-                            "|step|", "seconds");
-  printf("%5d %23.16e %10.3e %10.3e %9.2e %10.3e %9.2e %9.3f%s\n", it->iter, it->loss, it->rel_loss, it->grad_norm,
-         it->mu, it->rho, it->step_norm, it->seconds, it->accepted ? "" : "  (rejected)");
+  if (it->iter == 0)
+    printf("%5s %23s %10s %10s %9s %10s %9s %9s  %s\n", "iter", "loss", "rel_loss", "|grad|", "mu", "rho", "|step|",
+           "seconds", "step");
+  printf("%5d %23.16e %10.3e %10.3e %9.2e %10.3e %9.2e %9.3f  %s %s%s\n", it->iter, it->loss, it->rel_loss,
+         it->grad_norm, it->mu, it->rho, it->step_norm, it->seconds, it->hessian == AR_HESS_EXACT ? "exact" : "gn",
+         it->iter == 0 ? "start" : it->chord ? "chord" : "newton", it->accepted ? "" : " (rejected)");
   fflush(stdout);
 }
 
-static const char *csv_header = "iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted\n";
+static const char *csv_header = "iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,hessian,step\n";
 
 static int write_history(ar_out *out, const ar_solve_result *r)
 {
@@ -107,8 +113,9 @@ static int write_history(ar_out *out, const ar_solve_result *r)
   fputs(csv_header, f);
   for (int i = 0; i <= r->iterations; i++) {
     const ar_iter_info *h = &r->history[i];
-    fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d\n", h->iter, h->loss, h->rel_loss, h->grad_norm, h->mu,
-            h->rho, h->step_norm, h->seconds, h->accepted);
+    fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d,%s,%s\n", h->iter, h->loss, h->rel_loss, h->grad_norm,
+            h->mu, h->rho, h->step_norm, h->seconds, h->accepted, hessian_name(h->hessian),
+            h->iter == 0 ? "start" : h->chord ? "chord" : "newton");
   }
   AR_CHECK(fclose(f) == 0, AR_ERR_IO, "%s/history.csv: write failed", out->dir);
   return AR_OK;
@@ -123,7 +130,7 @@ static void phase_json(MPI_Comm comm, FILE *f, const char *name, double t, int l
 }
 
 static int write_summary(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid grid, int nb, int64_t tile,
-                         const ar_solve_result *r, double t_io, const ar_option *opts, int nopts)
+                         const ar_solve_result *r, double t_io, double t_setup, const ar_option *opts, int nopts)
 {
   int rank, size, pr, pc, d, m;
   int64_t n;
@@ -145,12 +152,13 @@ static int write_summary(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid gr
     fprintf(f, "  \"iterations\": %d,\n  \"loss\": %.17g,\n  \"rel_loss\": %.17g,\n  \"grad_norm\": %.17g,\n",
             r->iterations, r->loss, r->rel_loss, r->grad_norm);
     fprintf(f, "  \"reason\": \"%s\",\n  \"converged\": %s,\n  \"wall_seconds\": %.6f,\n", ar_reason_name(r->reason),
-            ar_reason_converged(r->reason) ? "true" : "false", r->t_total + t_io);
+            ar_reason_converged(r->reason) ? "true" : "false", r->t_total + t_io + t_setup);
     fprintf(f, "  \"flops\": %.6g,\n  \"gflops\": %.6g,\n", flops, r->t_total > 0 ? flops / r->t_total * 1e-9 : 0.0);
     fprintf(f, "  \"peak_rss_mb\": {\"max\": %.1f, \"avg\": %.1f},\n", rss_max, rss_avg / size);
     fprintf(f, "  \"phases\": {\n");
   }
   phase_json(comm, f, "io", t_io, 0);
+  phase_json(comm, f, "setup", t_setup, 0);
   phase_json(comm, f, "loss_gradient", r->t_kernel, 0);
   phase_json(comm, f, "hessian", r->t_hess, 0);
   phase_json(comm, f, "reduction", r->t_reduce, 0);
@@ -175,7 +183,11 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
       AR_DATA_OPTIONS(s.c),
       {"method", AR_OPT_CHOICE, &s.method, "joint", "joint Newton on (X,Y), or the paper's alternating scheme", 0, 0,
        "joint|alternating"},
-      {"hessian", AR_OPT_CHOICE, &s.hessian, "exact", "Hessian used for the Newton step", 0, 0, "exact|gauss-newton"},
+      {"hessian", AR_OPT_CHOICE, &s.hessian, "auto",
+       "Hessian of the Newton step; auto: Gauss-Newton while a step lowers L by >= 20%, then exact", 0, 0,
+       "auto|exact|gauss-newton"},
+      {"chord-steps", AR_OPT_INT, &s.chord_steps, "1",
+       "steps that reuse a Hessian's Cholesky factor once steps are trusted (0: a new Hessian every step)", 0, 0, 0},
       {"x0", AR_OPT_STRING, &s.x0, NULL, "starting X (d x d npy) [default: zeros]", 0, 0, 0},
       {"y0", AR_OPT_STRING, &s.y0, NULL, "starting Y (d x m npy) [default: least squares for X0]", 0, 0, 0},
       {"max-iter", AR_OPT_INT, &s.max_iter, "100", "iteration limit", 1, 0, 0},
@@ -226,6 +238,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   }
   if (!err && s.x0) err = ar_cli_load_matrix(comm, "--x0", s.x0, d, d, X);
   if (!err && s.y0) err = ar_cli_load_matrix(comm, "--y0", s.y0, d, m, Y);
+  double t_load = ar_wtime() - t0;
   ar_eval_options eo;
   ar_eval_options_default(&eo);
   eo.tile = s.c.tile, eo.tile_mem_mb = s.c.tile_mem, eo.lambda_x = s.c.lambda_x, eo.lambda_y = s.c.lambda_y;
@@ -233,7 +246,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   if (!err && s.out) err = ar_out_begin(comm, "--out", s.out, &out), have_out = !err;
   if (!err && s.restart) err = read_restart(comm, &s, prob, &ck);
   if (!err && !s.y0 && !s.restart) err = ar_solve_least_squares_y(ev, X, Y);
-  double t_io = ar_wtime() - t0;
+  double t_setup = ar_wtime() - t0 - t_load; /* tables, work arrays, the least-squares Y0 */
   if (!err) {
     if (rank == 0 && !s.c.quiet) {
       int pr, pc;
@@ -245,7 +258,8 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
     ar_solver_options so;
     ar_solver_options_default(&so);
     so.method = (ar_method)s.method;
-    so.hessian = s.hessian ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT;
+    so.hessian = hessian_kinds[s.hessian];
+    so.chord_steps = (int)s.chord_steps;
     so.max_iter = s.max_iter, so.time_limit = s.time_limit;
     so.gatol = s.gatol, so.grtol = s.grtol, so.gttol = s.gttol, so.ftol = s.ftol, so.steptol = s.steptol;
     so.mu0 = s.mu0, so.nb = (int)s.c.nb;
@@ -283,7 +297,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
     ar_out_path(&out, "X.npy", path, sizeof path), ar_out_path(&out, "Y.npy", path, sizeof path);
     err = ar_error_agree(comm, lerr);
     ar_out_path(&out, "history.csv", path, sizeof path), ar_out_path(&out, "summary.json", path, sizeof path);
-    if (!err) err = write_summary(comm, &out, prob, grid, r.nb, ar_eval_tile(ev), &r, t_io, opts, nopts);
+    if (!err) err = write_summary(comm, &out, prob, grid, r.nb, ar_eval_tile(ev), &r, t_load, t_setup, opts, nopts);
     if (!err) err = ar_out_commit(&out);
   }
   if (err && have_out) ar_out_abort(&out);

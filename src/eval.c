@@ -11,8 +11,9 @@
  *   alpha = W A2 + fu beta (= A2^T (f o u)),  E = F R23 - beta (x) p,  M = E Y   (E_j, M_j of §3)
  *   N_j = 2 (M_j M_j^T + T_j),  hpair += K^T N (pairs of p and of q),
  *   t1 += (A1 o C)^T E,  t2 += (A1 o P)^T M.
- * Gauss-Newton drops T_j and t1.  The parts are reduced and expanded in hessian.c.
- * The two tables [A3 | A2 | R23] and [A2 | R22] depend only on the data: built once. */
+ * Gauss-Newton drops T_j and t1, and so the R22 columns (W A2 alone).  The parts are reduced
+ * and expanded in hessian.c.  The two tables [A3 | A2 | R23] and [A2 | R22] depend only on
+ * the data: built once, [A2 | R22] at the first exact Hessian. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -30,7 +31,7 @@ struct ar_eval_s {
   int npair;
   double *t3;    /* n x ld3: [A3 | A2 | R23], R23[l,(q,k)] = a2_lq a3_lk */
   double *t2;    /* n x ld2: [A2 | R22],      R22[l,{q<=q'}] = a2_lq a2_lq' */
-  int ld3, ld2;
+  int ld3, ld2, t2_ready, t1_used;
   double *v;     /* n x m:         V = A3 Y */
   /* tile work arrays */
   double *s, *u; /* r x n: S then F; U then FU then G */
@@ -114,11 +115,10 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
     if (!err) {
       const double *a2 = p->a2, *a3 = p->a3;
       for (int64_t l = 0; l < n; l++) {
-        double *t3 = ev->t3 + l * ev->ld3, *t2 = ev->t2 + l * ev->ld2;
+        double *t3 = ev->t3 + l * ev->ld3;
         for (int q = 0; q < d; q++) {
-          t3[q] = a3[l * d + q], t3[d + q] = a2[l * d + q], t2[q] = a2[l * d + q];
+          t3[q] = a3[l * d + q], t3[d + q] = a2[l * d + q];
           for (int k = 0; k < d; k++) t3[2 * d + q * d + k] = a2[l * d + q] * a3[l * d + k];
-          for (int qq = q; qq < d; qq++) t2[d + ar_pair(d, q, qq)] = a2[l * d + q] * a2[l * d + qq];
         }
       }
     }
@@ -142,6 +142,23 @@ void ar_eval_destroy(ar_eval *pev)
 }
 
 int64_t ar_eval_tile(ar_eval ev) { return ev->tile; }
+
+/* [A2 | R22] is only needed by the exact Hessian: built at its first use, so a Gauss-Newton
+ * or gradient-only run never touches (and never faults in) its pages. */
+static void build_t2(ar_eval ev)
+{
+  const int64_t n = ev->p->n;
+  const int d = ev->p->d;
+  const double *a2 = ev->p->a2;
+  for (int64_t l = 0; l < n; l++) {
+    double *t2 = ev->t2 + l * ev->ld2;
+    for (int q = 0; q < d; q++) {
+      t2[q] = a2[l * d + q];
+      for (int qq = q; qq < d; qq++) t2[d + ar_pair(d, q, qq)] = a2[l * d + q] * a2[l * d + qq];
+    }
+  }
+  ev->t2_ready = 1;
+}
 
 /* Forward pass of one tile: F (in ev->s) and P = F A3 (in ev->pt); with_hess: also
  * beta = F A2 and F R23 (in ev->ft), from one GEMM against [A3 | A2 | R23]. */
@@ -192,11 +209,12 @@ static void tile_hessian(ar_eval ev, const double *Y, const double *a1t, int64_t
     *flops += (double)np * (2.0 * m + 8); /* dsyrk + the pair loop */
   }
   gemm(CblasTrans, CblasNoTrans, np, np, r, 1.0, ev->k, np, ev->nsym, np, 1.0, ev->parts.hpair, np, flops);
-  /* H_xy terms: Z1[j,(p,i)] = a1_jp C[j,i], Z2[j,(p,k)] = a1_jp P[j,k] */
+  /* H_xy terms: Z1[j,(p,i)] = a1_jp C[j,i] (exact only), Z2[j,(p,k)] = a1_jp P[j,k] */
   for (int64_t j = 0; j < r; j++)
     for (int pp = 0; pp < d; pp++) {
       double a = a1t[j * d + pp];
-      for (int i = 0; i < m; i++) ev->z1[j * dm + pp * m + i] = a * ev->ct[j * m + i];
+      if (exact)
+        for (int i = 0; i < m; i++) ev->z1[j * dm + pp * m + i] = a * ev->ct[j * m + i];
       for (int k = 0; k < d; k++) ev->z2[j * dd + pp * d + k] = a * ev->pt[j * d + k];
     }
   if (exact) gemm(CblasTrans, CblasNoTrans, dm, dd, r, 1.0, ev->z1, dm, E, dd, 1.0, ev->parts.t1, dd, flops);
@@ -214,9 +232,12 @@ int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
   memset(red, 0, sizeof(double) * (1 + 2 * dd + dm));
   if (hk != AR_HESS_NONE) {
     memset(ev->parts.hpair, 0, sizeof(double) * ev->npair * ev->npair);
-    memset(ev->parts.t1, 0, sizeof(double) * dd * dm);
+    if (hk == AR_HESS_EXACT || ev->t1_used) /* Gauss-Newton: t1 stays 0 (calloc) */
+      memset(ev->parts.t1, 0, sizeof(double) * dd * dm);
+    ev->t1_used = hk == AR_HESS_EXACT;
     memset(ev->parts.t2, 0, sizeof(double) * dd * dm);
   }
+  if (hk == AR_HESS_EXACT && !ev->t2_ready) build_t2(ev);
   gemm(CblasNoTrans, CblasNoTrans, n, m, d, 1.0, p->a3, d, Y, m, 0.0, ev->v, m, &flops);
   double t_hess = 0;
   for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
@@ -238,7 +259,10 @@ int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
     for (int64_t j = 0; j < r; j++)
       for (int64_t l = 0; l < n; l++) U[j * n + l] -= F[j * n + l] * ev->fu[j]; /* W = G / 2 */
     const int ld2 = ev->ld2;
-    gemm(CblasNoTrans, CblasNoTrans, r, hk != AR_HESS_NONE ? ld2 : d, n, 1.0, U, n, ev->t2, ld2, 0.0, ev->wt, ld2, &flops);
+    if (hk == AR_HESS_EXACT) /* W [A2 | R22]; otherwise W A2 alone */
+      gemm(CblasNoTrans, CblasNoTrans, r, ld2, n, 1.0, U, n, ev->t2, ld2, 0.0, ev->wt, ld2, &flops);
+    else
+      gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, U, n, p->a2, d, 0.0, ev->wt, ld2, &flops);
     gemm(CblasTrans, CblasNoTrans, d, d, r, 2.0, a1t, d, ev->wt, ld2, 1.0, gX, d, &flops);
     if (hk != AR_HESS_NONE)
       for (int64_t j = 0; j < r; j++)

@@ -159,10 +159,10 @@ int ar_dmat_mean_abs_diag(ar_dmat A, double *mean)
   return AR_OK;
 }
 
-int ar_dmat_shifted_solve(ar_dmat A, double shift, const double *rhs, double *x, int *not_pd)
+int ar_dmat_factor(ar_dmat A, double shift, int *not_pd)
 {
   ar_grid g = A->g;
-  const int N = A->N, nb = A->nb, one = 1, zero = 0;
+  const int N = A->N, nb = A->nb, one = 1;
   size_t cnt = (size_t)A->locr * A->locc;
   memcpy(A->fact, A->a, cnt * sizeof(double));
   for (int lj = 0; lj < A->locc; lj++) {
@@ -171,27 +171,31 @@ int ar_dmat_shifted_solve(ar_dmat A, double shift, const double *rhs, double *x,
   }
   int info = 0;
   double t0 = MPI_Wtime();
+  /* One process: ScaLAPACK would only add PBLAS overhead to LAPACK's blocked Cholesky. */
+  if (g->size == 1) dpotrf_("L", &N, A->fact, &A->lld, &info);
+  else pdpotrf_("L", &N, A->fact, &one, &one, A->desc, &info);
+  A->t_factor += MPI_Wtime() - t0;
+  A->nfactor++;
+  AR_CHECK(info >= 0, AR_ERR_LIB, "%s: argument %d had an illegal value", g->size == 1 ? "dpotrf" : "pdpotrf", -info);
+  *not_pd = info > 0;
+  A->factored = !*not_pd;
+  return AR_OK;
+}
+
+int ar_dmat_solve(ar_dmat A, const double *rhs, double *x)
+{
+  ar_grid g = A->g;
+  const int N = A->N, nb = A->nb, one = 1, zero = 0;
+  AR_CHECK(A->factored, AR_ERR_INTERNAL, "ar_dmat_solve without a successful ar_dmat_factor");
+  int info = 0;
+  double t0 = MPI_Wtime();
   if (g->size == 1) {
-    /* One process: ScaLAPACK would only add PBLAS overhead to LAPACK's blocked Cholesky. */
-    dpotrf_("L", &N, A->fact, &A->lld, &info);
-    A->t_factor += MPI_Wtime() - t0;
-    A->nfactor++;
-    AR_CHECK(info >= 0, AR_ERR_LIB, "dpotrf: argument %d had an illegal value", -info);
-    *not_pd = info > 0;
-    if (*not_pd) return AR_OK;
-    t0 = MPI_Wtime();
     memcpy(x, rhs, sizeof(double) * N);
     dpotrs_("L", &N, &one, A->fact, &A->lld, x, &N, &info);
     A->t_solve += MPI_Wtime() - t0;
     AR_CHECK(info == 0, AR_ERR_LIB, "dpotrs: argument %d had an illegal value", -info);
     return AR_OK;
   }
-  pdpotrf_("L", &N, A->fact, &one, &one, A->desc, &info);
-  A->t_factor += MPI_Wtime() - t0;
-  A->nfactor++;
-  AR_CHECK(info >= 0, AR_ERR_LIB, "pdpotrf: argument %d had an illegal value", -info);
-  *not_pd = info > 0;
-  if (*not_pd) return AR_OK;
   /* Right-hand side: an N x 1 block-cyclic vector held by grid column 0. */
   int bdesc[9], blld = A->lld;
   descinit_(bdesc, &N, &one, &nb, &nb, &zero, &zero, &g->ctxt, &blld, &info);
@@ -200,7 +204,6 @@ int ar_dmat_shifted_solve(ar_dmat A, double shift, const double *rhs, double *x,
   AR_MALLOC(b, A->locr);
   if (g->mycol == 0)
     for (int li = 0; li < A->locr; li++) b[li] = rhs[ar_bc_global(li, nb, g->pr, g->myrow)];
-  t0 = MPI_Wtime();
   pdpotrs_("L", &N, &one, A->fact, &one, &one, A->desc, b, &one, &one, bdesc, &info);
   if (info != 0) {
     free(b);

@@ -21,6 +21,7 @@ struct ar_dmat_s {
   double *fact;        /* work copy for the Cholesky factor (A is kept for retries) */
   double t_factor, t_solve; /* accumulated seconds in pdpotrf, pdpotrs (+ broadcast of x) */
   int nfactor;
+  int factored;        /* fact holds the factor of the last successful ar_dmat_factor */
 };
 
 /* Block-cyclic maps with source process 0: owner coordinate and local index of global g. */

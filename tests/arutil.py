@@ -19,8 +19,8 @@ def run(np_, *args, check=True, timeout=300):
 
 
 def history(path):
-    """history.csv as a dict of numpy columns."""
-    data = np.genfromtxt(path, delimiter=",", names=True)
+    """history.csv as a dict of numpy columns (hessian and step are strings)."""
+    data = np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding="utf-8")
     return {k: np.atleast_1d(data[k]) for k in data.dtype.names}
 
 

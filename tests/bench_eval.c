@@ -110,7 +110,7 @@ int main(int argc, char **argv)
       int not_pd = 1;
       for (int i = 0; i < D; i++) rhs[i] = -g[i];
       for (double shift = 0; not_pd; shift = shift ? 10 * shift : 1e-6)
-        if (ar_dmat_shifted_solve(H, shift, rhs, dz, &not_pd)) MPI_Abort(MPI_COMM_WORLD, 1);
+        if (ar_dmat_factor(H, shift, &not_pd) || (!not_pd && ar_dmat_solve(H, rhs, dz))) MPI_Abort(MPI_COMM_WORLD, 1);
       for (int i = 0; i < D; i++) (i < d * d ? X : Y - d * d)[i] += dz[i];
     }
     if (ar_eval_compute(ev, X, Y, hk, &out)) MPI_Abort(MPI_COMM_WORLD, 1);

@@ -51,6 +51,18 @@ class PlantedJoint(unittest.TestCase):
         self.assertTrue(s["converged"], s["reason"])
         self.assertLessEqual(s["rel_loss"], 1e-14)
 
+    def test_chord_steps(self):
+        """One chord step per Hessian (the default): the same answer for fewer flops."""
+        h0, s0 = self.solve(2, TMP + "/chord0", "--chord-steps", "0")
+        h1, s1 = self.solve(2, TMP + "/chord1")
+        for s in (s0, s1):
+            self.assertTrue(s["converged"], s["reason"])
+            self.assertLessEqual(s["rel_loss"], 1e-14)
+        self.assertNotIn("chord", set(h0["step"]))
+        self.assertIn("chord", set(h1["step"][h1["accepted"] == 1]))
+        self.assertLess(s1["flops"], s0["flops"])  # fewer Hessians
+        self.assertLessEqual(np.abs(np.load(TMP + "/chord0/X.npy") - np.load(TMP + "/chord1/X.npy")).max(), 1e-8)
+
     def test_alternating_monotone(self):
         h, s = self.solve(2, TMP + "/alt", "--method", "alternating", "--max-iter", "40")
         loss = h["loss"][h["accepted"] == 1]
@@ -72,6 +84,29 @@ class PlantedJoint(unittest.TestCase):
             self.assertLessEqual(np.abs(np.load(out + "/Y.npy") - Y1).max(), 1e-8, (np_, extra))
 
 
+class Hybrid(unittest.TestCase):
+    def test_auto_on_noisy_data(self):
+        """Nonzero residual: --hessian auto starts with Gauss-Newton, switches to the exact Hessian
+        when progress slows, and ends quadratically, where Gauss-Newton alone crawls."""
+        data = planted("noisy", n=512, d=8, m=8, seed=7, x_scale=0.5, noise=0.003)
+
+        def solve(name, *extra):
+            out = TMP + "/" + name
+            run(2, "solve", "--data", data, "--x0", data + "/X0.npy", "--out", out, "--quiet", *extra)
+            return history(out + "/history.csv"), summary(out + "/summary.json")
+
+        ha, sa = solve("auto")
+        he, se = solve("exact", "--hessian", "exact")
+        for s in (sa, se):
+            self.assertEqual(s["reason"], "CONVERGED_GTTOL")
+        self.assertEqual(ha["hessian"][0], "gauss-newton")
+        self.assertEqual(ha["hessian"][-1], "exact")
+        self.assertLessEqual(abs(sa["loss"] - se["loss"]), 1e-12 * se["loss"])
+        self.assertLessEqual(sa["iterations"], se["iterations"])
+        hg, sg = solve("gn-only", "--hessian", "gauss-newton", "--max-iter", sa["iterations"])
+        self.assertGreater(sg["grad_norm"], 100 * sa["grad_norm"])
+
+
 class HardStarts(unittest.TestCase):
     def test_indefinite_start(self):
         """Far from the optimum the exact Hessian is indefinite: mu must grow and the solve go on."""
@@ -86,7 +121,7 @@ class HardStarts(unittest.TestCase):
         self.assertLess(np.linalg.eigvalsh(H).min(), 0.0, "the start should have an indefinite Hessian")
         out = TMP + "/far-solve"
         run(2, "solve", "--data", data, "--x0", TMP + "/farX0.npy", "--y0", TMP + "/farY0.npy", "--max-iter", "60",
-            "--out", out, "--quiet")
+            "--hessian", "exact", "--out", out, "--quiet")
         h = history(out + "/history.csv")
         s = summary(out + "/summary.json")
         self.assertTrue(np.all(np.isfinite(h["loss"])))

@@ -14,9 +14,10 @@ static void parse(const uint8_t *data, size_t size)
   ar_checkpoint c;
   ar_error_clear();
   if (ar_checkpoint_parse(data, size, "fuzz.ckpt", &c) == AR_OK) {
-    if (c.st.D != c.d * c.d + c.d * c.m || !c.st.z || !c.st.history) abort();
+    if (c.st.D != c.d * c.d + c.d * c.m || !c.st.z || !c.st.zf || !c.st.history) abort();
     for (int i = 0; i < c.st.D; i++)
-      if (!isfinite(c.st.z[i])) abort();
+      if (!isfinite(c.st.z[i]) || !isfinite(c.st.zf[i])) abort();
+    if (c.st.nchord < 0 || c.st.nchord > c.st.iter || (c.st.h_fresh != 0 && c.st.h_fresh != 1)) abort();
     ar_checkpoint_free(&c);
   }
 }

@@ -201,8 +201,9 @@ static int try_step(lm_state *s)
    * can still drive the gradient down.  f = sum c_i^2 with each residual c_i rounded relative
    * to |B|: its error is of order eps (f + sqrt(f |B|^2)). */
   const double fl = 64 * DBL_EPSILON * (fabs(s->f) + sqrt(fabs(s->f) * s->bnorm2));
-  if (isfinite(ft) && pred <= fl && ft <= s->f + fl) s->rho = 1;
-  s->accepted = s->step_norm > 0 && isfinite(ft) && ft <= s->f + fl && s->rho > 1e-4 && (ft < s->f || s->rho == 1);
+  const int at_floor = isfinite(ft) && pred <= fl && ft <= s->f + fl;
+  if (at_floor) s->rho = 1;
+  s->accepted = s->step_norm > 0 && isfinite(ft) && (at_floor || (ft < s->f && s->rho > 1e-4));
   if (!s->accepted) {
     if (s->chord) return evaluate_point(s, s->hk); /* the old model failed here: a fresh Hessian */
     s->mu = (s->mu < 1e-12 ? 1e-12 : s->mu) * s->nu;

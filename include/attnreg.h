@@ -85,9 +85,10 @@ int ar_dmat_nb(ar_dmat A);                           /* global */
 /* Collective: write the whole matrix to a float64 .npy file with MPI-IO (darray file view). */
 int ar_dmat_write_npy(ar_dmat A, const char *path);
 /* Collective: Cholesky factor of A + shift*I (pdpotrf; LAPACK dpotrf on one process) into a
- * separate copy: A is kept, and the factor stays valid until the next ar_dmat_factor, even
- * if A itself is overwritten.  *not_pd = 1 when A + shift*I is not positive definite
- * (pdpotrf info > 0: global). */
+ * separate copy: A is kept, and the factor stays valid until the next ar_dmat_factor or the
+ * next Hessian assembled into A on more than 2 ranks (which uses the copy as scratch; a solve
+ * then fails with an internal error instead of using it).  *not_pd = 1 when A + shift*I is not
+ * positive definite (pdpotrf info > 0: global). */
 int ar_dmat_factor(ar_dmat A, double shift, int *not_pd);
 /* Collective: x = (A + shift*I)^{-1} rhs with the last successful ar_dmat_factor (pdpotrs).
  * rhs, x: global vectors of length N (replicated). */
@@ -192,7 +193,7 @@ typedef struct {
   int iter;                  /* iterations done */
   int accepted;              /* the last trial step was taken */
   double mu, nu, f_prev, g0norm, step_norm, rho;
-  int h_kind;                /* kind of the Hessian last evaluated (the one factored) */
+  int h_kind;                /* kind of the Hessian last evaluated (at z, or at zf before a chord step) */
   int hk_next;               /* kind for the next Hessian evaluation (--hessian auto) */
   int h_fresh;               /* 1: that Hessian is at z; 0: at zf, and the next step is a chord step */
   int nchord;                /* chord steps taken with the current factor */
@@ -200,7 +201,7 @@ typedef struct {
   double contraction;        /* |g| after / before the last accepted step */
   int D;
   double *z;                 /* D = d*d + d*m: [vec_r X; vec_r Y] */
-  double *zf;                /* the point whose Hessian is factored (= z when h_fresh) */
+  double *zf;                /* h_fresh == 0: the point whose Hessian is factored */
   ar_iter_info *history;     /* iter + 1 entries */
 } ar_solver_state;
 

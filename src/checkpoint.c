@@ -1,5 +1,5 @@
 /* Checkpoint file format (little-endian), version 2:
- *   "ARCKPT" 0x02 0x00 | n i64 | d i32 | m i32 | data_hash u64 | method i32 | hessian i32 |
+ *   "ARCKPT" 0x02 0x00 | n i64 | d i32 | m i32 | data_hash u64 | method i32 | hessian i32 | chord_steps i32 |
  *   lambda_x f64 | lambda_y f64 | iter i32 | accepted i32 | mu nu f_prev g0norm step_norm rho f64 |
  *   h_kind hk_next h_fresh nchord i32 | fact_shift contraction f64 | D i32 | z[D] f64 | zf[D] f64 |
  *   nhist i32 (= iter + 1) | nhist x (iter accepted hessian chord i32, loss rel_loss grad_norm mu
@@ -54,9 +54,10 @@ int ar_checkpoint_write(const char *path, const ar_checkpoint *c)
   const ar_solver_state *s = &c->st;
   wbuf w = {0};
   int32_t d = c->d, m = c->m, method = c->method, hess = c->hessian, iter = s->iter, acc = s->accepted, D = s->D;
+  int32_t chord = c->chord_steps;
   int32_t nh = s->iter + 1, hkind = s->h_kind, hnext = s->hk_next, fresh = s->h_fresh, nchord = s->nchord;
   put(&w, magic, sizeof magic);
-  PUT(&w, c->n), PUT(&w, d), PUT(&w, m), PUT(&w, c->data_hash), PUT(&w, method), PUT(&w, hess);
+  PUT(&w, c->n), PUT(&w, d), PUT(&w, m), PUT(&w, c->data_hash), PUT(&w, method), PUT(&w, hess), PUT(&w, chord);
   PUT(&w, c->lambda_x), PUT(&w, c->lambda_y), PUT(&w, iter), PUT(&w, acc);
   PUT(&w, s->mu), PUT(&w, s->nu), PUT(&w, s->f_prev), PUT(&w, s->g0norm), PUT(&w, s->step_norm), PUT(&w, s->rho);
   PUT(&w, hkind), PUT(&w, hnext), PUT(&w, fresh), PUT(&w, nchord), PUT(&w, s->fact_shift);
@@ -118,9 +119,9 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   memcpy(&sum, buf + len - 8, 8);
   AR_CHECK(sum == fnv1a(buf, len - 8), AR_ERR_DATA, "%s: checksum mismatch (corrupt or truncated checkpoint)", name);
   r.len = len - 8;
-  int32_t d, m, method, hess, iter, acc, D, nh, hkind, hnext, fresh, nchord;
+  int32_t d, m, method, hess, chord, iter, acc, D, nh, hkind, hnext, fresh, nchord;
   ar_solver_state *s = &c->st;
-  int ok = GET(&r, c->n) && GET(&r, d) && GET(&r, m) && GET(&r, c->data_hash) && GET(&r, method) && GET(&r, hess) &&
+  int ok = GET(&r, c->n) && GET(&r, d) && GET(&r, m) && GET(&r, c->data_hash) && GET(&r, method) && GET(&r, hess) && GET(&r, chord) &&
            GET(&r, c->lambda_x) && GET(&r, c->lambda_y) && GET(&r, iter) && GET(&r, acc) && GET(&r, s->mu) &&
            GET(&r, s->nu) && GET(&r, s->f_prev) && GET(&r, s->g0norm) && GET(&r, s->step_norm) && GET(&r, s->rho) &&
            GET(&r, hkind) && GET(&r, hnext) && GET(&r, fresh) && GET(&r, nchord) && GET(&r, s->fact_shift) &&
@@ -131,9 +132,10 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
            AR_ERR_DATA, "%s: inconsistent sizes in checkpoint (n=%lld d=%d m=%d D=%d)", name, (long long)c->n, d, m, D);
   int kinds_ok = (hkind == 1 || hkind == 2) && (hnext == 1 || hnext == 2) && (fresh == 0 || fresh == 1);
   AR_CHECK(iter >= 0 && iter < AR_CKPT_MAX_ITER && (method == 0 || method == 1) && hess >= 1 && hess <= 3 &&
-               kinds_ok && nchord >= 0 && nchord <= iter,
+               kinds_ok && chord >= 0 && nchord >= 0 && nchord <= iter,
            AR_ERR_DATA, "%s: invalid solver state in checkpoint", name);
-  c->d = d, c->m = m, c->method = method, c->hessian = hess, s->iter = iter, s->accepted = acc, s->D = D;
+  c->d = d, c->m = m, c->method = method, c->hessian = hess, c->chord_steps = chord, s->iter = iter;
+  s->accepted = acc, s->D = D;
   s->h_kind = hkind, s->hk_next = hnext, s->h_fresh = fresh, s->nchord = nchord;
   AR_CHECK((r.len - r.off) / 2 >= sizeof(double) * (size_t)D, AR_ERR_DATA, "%s: truncated checkpoint", name);
   s->z = malloc(sizeof(double) * D);
@@ -153,19 +155,24 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
     ar_checkpoint_free(c);
     return AR_ERROR(AR_ERR_MEM, "%s: out of memory", name);
   }
+  int hist_ok = 1;
   for (int i = 0; i < nh; i++) {
     ar_iter_info *h = &s->history[i];
     int32_t it, a, hh, hc;
     GET(&r, it), GET(&r, a), GET(&r, hh), GET(&r, hc), GET(&r, h->loss), GET(&r, h->rel_loss), GET(&r, h->grad_norm), GET(&r, h->mu);
     GET(&r, h->rho), GET(&r, h->step_norm), GET(&r, h->seconds);
     h->iter = it, h->accepted = a, h->hessian = hh, h->chord = hc;
+    hist_ok &= (a == 0 || a == 1) && (hh == 1 || hh == 2) && (hc == 0 || hc == 1);
   }
   int finite = isfinite(s->mu) && isfinite(s->nu) && isfinite(s->g0norm) && isfinite(s->fact_shift) &&
-               isfinite(s->contraction);
+               s->contraction >= 0; /* may be +inf after a step to a non-finite gradient */
   for (int i = 0; i < D; i++) finite &= isfinite(s->z[i]) && isfinite(s->zf[i]);
-  if (r.off != r.len || !finite) {
+  if (r.off != r.len || !finite || !hist_ok) {
     ar_checkpoint_free(c);
-    return AR_ERROR(AR_ERR_DATA, "%s: %s", name, finite ? "trailing bytes in checkpoint" : "non-finite values in checkpoint");
+    return AR_ERROR(AR_ERR_DATA, "%s: %s", name,
+                    !finite    ? "non-finite values in checkpoint"
+                    : !hist_ok ? "invalid history in checkpoint"
+                               : "trailing bytes in checkpoint");
   }
   return AR_OK;
 }

@@ -12,15 +12,16 @@ typedef struct {
   int64_t n;
   int d, m;
   uint64_t data_hash;        /* ar_problem_hash of the inputs */
-  int method, hessian;       /* ar_method, ar_hessian_kind */
+  int method, hessian;       /* ar_method, ar_hessian_kind (AUTO included) */
+  int chord_steps;           /* --chord-steps */
   double lambda_x, lambda_y;
-  ar_solver_state st;        /* st.z and st.history are owned (ar_checkpoint_free) */
+  ar_solver_state st;        /* st.z, st.zf and st.history are owned (ar_checkpoint_free) */
 } ar_checkpoint;
 
 /* Not collective: write c to path atomically (temporary file, fsync, rename). */
 int ar_checkpoint_write(const char *path, const ar_checkpoint *c);
 /* Not collective: parse a checkpoint held in memory (no I/O; fuzzed).  On success c owns
- * newly allocated st.z and st.history. */
+ * newly allocated st.z, st.zf and st.history. */
 int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, ar_checkpoint *c);
 /* Not collective: read and parse path. */
 int ar_checkpoint_read(const char *path, ar_checkpoint *c);

@@ -15,7 +15,10 @@
 
 /* --hessian choices, in the order of the option's list */
 static const ar_hessian_kind hessian_kinds[] = {AR_HESS_AUTO, AR_HESS_EXACT, AR_HESS_GAUSS_NEWTON};
-static const char *hessian_name(int kind) { return kind == AR_HESS_EXACT ? "exact" : kind == AR_HESS_GAUSS_NEWTON ? "gauss-newton" : "auto"; }
+static const char *hessian_name(int kind)
+{
+  return kind == AR_HESS_EXACT ? "exact" : kind == AR_HESS_GAUSS_NEWTON ? "gauss-newton" : "none";
+}
 
 typedef struct {
   ar_common_cfg c;
@@ -59,7 +62,7 @@ static int write_checkpoint(const ar_solver_state *st, void *vctx)
   MPI_Comm_rank(ctx->comm, &rank);
   if (rank == 0) {
     ar_checkpoint c = {.data_hash = ar_problem_hash(ctx->prob), .method = s->method,
-                       .hessian = hessian_kinds[s->hessian], .lambda_x = s->c.lambda_x,
+                       .hessian = hessian_kinds[s->hessian], .chord_steps = (int)s->chord_steps, .lambda_x = s->c.lambda_x,
                        .lambda_y = s->c.lambda_y, .st = *st};
     ar_problem_sizes(ctx->prob, &c.n, &c.d, &c.m);
     err = ar_checkpoint_write(s->checkpoint, &c);
@@ -81,8 +84,9 @@ static int read_restart(MPI_Comm comm, const solve_cfg *s, ar_problem prob, ar_c
                    (long long)c->n, c->d, c->m, (long long)n, d, m);
   if (!err && c->data_hash != ar_problem_hash(prob))
     err = AR_ERROR(AR_ERR_DATA, "--restart %s: written for other input data (checksums differ)", f);
-  if (!err && (c->method != s->method || c->hessian != (int)hessian_kinds[s->hessian]))
-    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with another --method or --hessian", f);
+  if (!err && (c->method != s->method || c->hessian != (int)hessian_kinds[s->hessian] ||
+               c->chord_steps != s->chord_steps))
+    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with another --method, --hessian or --chord-steps", f);
   if (!err && (c->lambda_x != s->c.lambda_x || c->lambda_y != s->c.lambda_y))
     err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --lambda-x %g --lambda-y %g", f, c->lambda_x, c->lambda_y);
   err = ar_error_agree(comm, err);
@@ -97,10 +101,10 @@ static void monitor(const ar_iter_info *it, void *ctx)
   if (rank != 0 || *(int *)ctx) return;
   if (it->iter == 0)
     printf("%5s %23s %10s %10s %9s %10s %9s %9s  %s\n", "iter", "loss", "rel_loss", "|grad|", "mu", "rho", "|step|",
-           "seconds", "step");
-  printf("%5d %23.16e %10.3e %10.3e %9.2e %10.3e %9.2e %9.3f  %s %s%s\n", it->iter, it->loss, it->rel_loss,
-         it->grad_norm, it->mu, it->rho, it->step_norm, it->seconds, it->hessian == AR_HESS_EXACT ? "exact" : "gn",
-         it->iter == 0 ? "start" : it->chord ? "chord" : "newton", it->accepted ? "" : " (rejected)");
+           "seconds", "hessian");
+  printf("%5d %23.16e %10.3e %10.3e %9.2e %10.3e %9.2e %9.3f  %s%s%s\n", it->iter, it->loss, it->rel_loss,
+         it->grad_norm, it->mu, it->rho, it->step_norm, it->seconds, hessian_name(it->hessian),
+         it->chord ? " chord" : "", it->accepted ? "" : " (rejected)");
   fflush(stdout);
 }
 
@@ -211,9 +215,10 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   const int nopts = sizeof opts / sizeof opts[0];
   AR_CALL(ar_cli_parse(comm,
                        "usage: attnreg solve --data DIR [--x0 X0.npy] [--y0 Y0.npy] [--method joint|alternating]\n"
-                       "                     [--hessian exact|gauss-newton] [--out OUT] [options]",
+                       "                     [--hessian auto|exact|gauss-newton] [--out OUT] [options]",
                        opts, nopts, argc, argv, &done));
   if (done) return AR_OK;
+  AR_CHECK(s.chord_steps <= 1000, AR_ERR_USAGE, "--chord-steps %lld: at most 1000", (long long)s.chord_steps);
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
@@ -246,7 +251,8 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   if (!err && s.out) err = ar_out_begin(comm, "--out", s.out, &out), have_out = !err;
   if (!err && s.restart) err = read_restart(comm, &s, prob, &ck);
   if (!err && !s.y0 && !s.restart) err = ar_solve_least_squares_y(ev, X, Y);
-  double t_setup = ar_wtime() - t0 - t_load; /* tables, work arrays, the least-squares Y0 */
+  /* tables, work arrays, the output directory, a --restart file, the least-squares Y0 */
+  double t_setup = ar_wtime() - t0 - t_load;
   if (!err) {
     if (rank == 0 && !s.c.quiet) {
       int pr, pc;
@@ -259,7 +265,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
     ar_solver_options_default(&so);
     so.method = (ar_method)s.method;
     so.hessian = hessian_kinds[s.hessian];
-    so.chord_steps = (int)s.chord_steps;
+    so.chord_steps = (int)s.chord_steps; /* at most 1000, checked below */
     so.max_iter = s.max_iter, so.time_limit = s.time_limit;
     so.gatol = s.gatol, so.grtol = s.grtol, so.gttol = s.gttol, so.ftol = s.ftol, so.steptol = s.steptol;
     so.mu0 = s.mu0, so.nb = (int)s.c.nb;

@@ -226,6 +226,8 @@ int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
   ar_problem p = ev->p;
   const int64_t n = p->n;
   const int d = p->d, m = p->m, dd = d * d, dm = d * m;
+  AR_CHECK(hk == AR_HESS_NONE || hk == AR_HESS_EXACT || hk == AR_HESS_GAUSS_NEWTON, AR_ERR_INTERNAL,
+           "ar_eval_compute: Hessian kind %d (auto is a solver choice)", (int)hk);
   const int want_grad = out->grad != NULL || hk != AR_HESS_NONE;
   double flops = 0, t0 = ar_wtime();
   double *red = ev->red, *gX = red + 1, *gY = red + 1 + dd, *ptp = red + 1 + dd + dm;

@@ -100,7 +100,8 @@ int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *h, double lx, double ly, ar_d
   if (g->size > 2) {
     const int one = 1;
     const double half = 0.5;
-    memcpy(H->fact, H->a, sizeof(double) * (size_t)H->locr * H->locc);
+    memcpy(H->fact, H->a, sizeof(double) * (size_t)H->locr * H->locc); /* scratch: no factor any more */
+    H->factored = 0;
     t0 = ar_wtime();
     pdtran_(&N, &N, &half, H->fact, &one, &one, H->desc, &half, H->a, &one, &one, H->desc);
     *t_reduce += ar_wtime() - t0;

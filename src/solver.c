@@ -127,7 +127,8 @@ static ar_reason converged(const lm_state *s, int iter)
   if (s->gnorm <= o->gatol) return AR_CONVERGED_GATOL;
   if (s->gnorm <= o->grtol * s->f) return AR_CONVERGED_GRTOL;
   if (s->gnorm <= o->gttol * s->g0norm) return AR_CONVERGED_GTTOL;
-  if (iter > 0 && s->accepted && fabs(s->f_prev - s->f) <= o->ftol * s->f_prev) return AR_CONVERGED_FTOL;
+  if (iter > 0 && o->ftol > 0 && s->accepted && fabs(s->f_prev - s->f) <= o->ftol * s->f_prev)
+    return AR_CONVERGED_FTOL;
   if (iter > 0 && s->step_norm <= o->steptol * (norm2(s->z, s->N) + o->steptol)) return AR_CONVERGED_STEPTOL;
   if (iter >= o->max_iter) return AR_DIVERGED_MAXITS;
   if (s->mu > o->mu_max) return AR_DIVERGED_MU_OVERFLOW;
@@ -185,7 +186,9 @@ static int try_step(lm_state *s)
    * at the trial point in the same pass (a rejection re-evaluates the current point).  The
    * decisions depend only on saved state, so restarts repeat them. */
   const int trusted = s->o->method == AR_METHOD_JOINT && s->accepted && s->rho > 0.75;
-  /* A chord step pays off in Newton's fast phase: when the last step cut |g| tenfold. */
+  /* A chord step pays off in Newton's fast phase: when the last step cut |g| tenfold.  Like
+   * the --hessian auto switch, this is decided from the previous step (the trial's own rho and
+   * |g| are known only after it); a chord step that then fails costs one f, g evaluation. */
   const int chord_next = trusted && s->nchord < s->o->chord_steps && s->contraction <= 0.1;
   const ar_hessian_kind thk = trusted && !chord_next ? s->hk : AR_HESS_NONE;
   double ft;
@@ -293,10 +296,14 @@ static int start(lm_state *s, int *iter)
     int not_pd = 0;
     AR_CALL(add_eval(s, s->zf, r->h_kind, &fz, s->gt));
     AR_CALL(ar_dmat_factor(s->H, s->fact_shift, &not_pd));
-    AR_CHECK(!not_pd, AR_ERR_DATA, "restart state: the saved Hessian shift no longer gives a positive definite matrix");
-    AR_CALL(add_eval(s, s->z, AR_HESS_NONE, &s->f, s->g));
-    s->gnorm = norm2(s->g, D);
-    s->h_kind = r->h_kind, s->h_fresh = 0;
+    if (!not_pd) {
+      AR_CALL(add_eval(s, s->z, AR_HESS_NONE, &s->f, s->g));
+      s->gnorm = norm2(s->g, D);
+      s->h_kind = r->h_kind, s->h_fresh = 0;
+    } else { /* on other ranks the rebuilt Hessian may round differently: a Newton step instead */
+      AR_CALL(evaluate_point(s, s->hk));
+      s->nchord = 0;
+    }
   }
   ar_iter_info *h = malloc(sizeof *h * (r->iter + 1));
   AR_CALL(ar_error_agree(s->p->comm, h ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory for the history")));

@@ -103,6 +103,9 @@ def make_bad_inputs():
     c("--steptol not a number", ["--data", good, "--steptol", "abc"], 2, "--steptol: expected a finite number")
     c("--max-iter zero", ["--data", good, "--max-iter", "0"], 2, "--max-iter: must be >= 1")
     c("--max-iter negative", ["--data", good, "--max-iter", "-5"], 2, "--max-iter: must be >= 1")
+    c("--chord-steps negative", ["--data", good, "--chord-steps", "-1"], 2, "--chord-steps: must be >= 0")
+    c("--chord-steps huge", ["--data", good, "--chord-steps", "5000"], 2, "--chord-steps 5000: at most 1000")
+    c("--hessian unknown", ["--data", good, "--hessian", "newton"], 2, "--hessian")
     c("unknown option", ["--data", good, "--frobnicate"], 2, "unknown option '--frobnicate'")
     c("missing value", ["--out", os.path.join(bad, "unused"), "--data"], 2, "--data needs a value")
     c("unknown method", ["--data", good, "--method", "sgd"], 2, "--method: 'sgd' is not one of")
@@ -162,7 +165,7 @@ def interrupt_at(cmd, iteration, sig=signal.SIGUSR1):
 
 def hist_rows(path):
     with open(path) as f:
-        return [r[:5] + r[6:7] + r[8:] for r in csv.reader(f)]  # everything but the seconds column
+        return [r[:7] + r[8:] for r in csv.reader(f)]  # everything but the seconds column
 
 
 class Checkpoint(unittest.TestCase):
@@ -257,6 +260,7 @@ class Checkpoint(unittest.TestCase):
             (["--data", self.data, "--restart", trunc], 3, "checksum mismatch"),
             (["--data", self.data, "--restart", self.data + "/B.npy"], 3, "not an attnreg checkpoint"),
             (["--data", self.data, "--restart", ck, "--method", "alternating"], 2, "another --method"),
+            (["--data", self.data, "--restart", ck, "--chord-steps", "0"], 2, "--chord-steps"),
             (["--data", self.data, "--restart", ck, "--lambda-x", "0.5"], 2, "--lambda-x"),
             (["--data", REF + "/tiny", "--restart", ck], 3, "written for n=1536 d=12 m=6"),
         ]

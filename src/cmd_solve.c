@@ -293,8 +293,9 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
            ar_reason_converged(r.reason) ? "converged" : "stopped", ar_reason_name(r.reason), r.iterations, r.loss,
            r.rel_loss, r.grad_norm, r.t_total);
   if (!err && rank == 0 && !s.c.quiet && ar_reason_converged(r.reason) && r.rel_loss > 1e-6)
-    printf("note: a stationary point with relative loss %.3e: the problem is non-convex, and a start nearer "
-           "the answer (--x0, --y0) may reach a lower loss\n", r.rel_loss);
+    printf("note: a stationary point with relative loss %.3e: unless B is that noisy, it may be a poor local "
+           "minimum of this non-convex problem, and a start nearer the answer (--x0, --y0) may reach a lower loss\n",
+           r.rel_loss);
   if (!err && have_out) {
     char path[4400];
     int lerr = AR_OK;

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "memory.h"
 #include "problem_impl.h"
 #include "softmax.h"
 #include "timing.h"
@@ -84,12 +85,16 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
 #define ALLOC(ptr, cnt) \
   if (!err && !((ptr) = calloc((cnt) > 0 ? (size_t)(cnt) : 1, sizeof(double)))) \
     err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (reduce --tile or n)", #ptr, 8.0 * (double)(cnt) / 1048576.0)
+/* the large arrays on transparent huge pages (memory.c) */
+#define HUGE(ptr, cnt) \
+  if (!err && !((ptr) = ar_huge_alloc(sizeof(double) * (size_t)(cnt)))) \
+    err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (reduce --tile or n)", #ptr, 8.0 * (double)(cnt) / 1048576.0)
     ev->ld3 = 2 * d + d * d, ev->ld2 = d + np;
-    ALLOC(ev->t3, n * ev->ld3);
-    ALLOC(ev->t2, n * ev->ld2);
+    HUGE(ev->t3, n * ev->ld3);
+    HUGE(ev->t2, n * ev->ld2);
     ALLOC(ev->v, n * m);
-    ALLOC(ev->s, r * n);
-    ALLOC(ev->u, r * n);
+    HUGE(ev->s, r * n);
+    HUGE(ev->u, r * n);
     ALLOC(ev->t1x, r * d);
     ALLOC(ev->pt, r * d);
     ALLOC(ev->ct, r * m);
@@ -111,6 +116,7 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
     ALLOC(ev->parts.ptp, d * d);
     ALLOC(ev->red, 1 + 2 * d * d + d * m);
 #undef ALLOC
+#undef HUGE
     ev->parts.d = d, ev->parts.m = m, ev->parts.npair = np;
     if (!err) {
       const double *a2 = p->a2, *a3 = p->a3;
@@ -132,7 +138,9 @@ void ar_eval_destroy(ar_eval *pev)
 {
   ar_eval ev = *pev;
   if (!ev) return;
-  double *bufs[] = {ev->t3, ev->t2, ev->v, ev->s, ev->u, ev->t1x, ev->pt, ev->ct, ev->ft, ev->wt, ev->beta,
+  double *huge[] = {ev->t3, ev->t2, ev->s, ev->u};
+  for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) ar_huge_free(huge[i]);
+  double *bufs[] = {ev->v, ev->t1x, ev->pt, ev->ct, ev->ft, ev->wt, ev->beta,
                     ev->alpha, ev->fu, ev->e, ev->mm, ev->nsym, ev->k, ev->z1, ev->z2, ev->mmt,
                     ev->parts.hpair, ev->parts.t1, ev->parts.t2, ev->parts.ptp, ev->red};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);

@@ -31,6 +31,13 @@ static double tile_row_doubles(int64_t n, int d, int m)
   return 2.0 * n + 3.0 * d * d + 3.0 * np + 2.0 * d * m + 7.0 * d + m + 1;
 }
 
+/* Bytes of an array from ar_huge_alloc: whole 2 MB pages (memory.c). */
+static double huge(double bytes)
+{
+  const double h = 2097152.0;
+  return ceil(bytes / h) * h;
+}
+
 int64_t ar_plan_tile_rows(int64_t n, int d, int m, int ranks, int64_t tile, double tile_mem_mb)
 {
   /* Automatic tiles: within the budget and at most 256 rows; larger tiles gain nothing in the
@@ -69,10 +76,10 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   if (lr > D) lr = D;
   if (lc > D) lc = D;
   p->mem_inputs = B * (nloc * (d + m) + 2 * N * d);
-  p->mem_tables = B * N * ((2.0 * d + d * d) + (d + np) + m);
-  p->mem_tiles = B * p->tile * tile_row_doubles(n, d, m);
+  p->mem_tables = huge(B * N * (2.0 * d + d * d)) + huge(B * N * (d + np)) + B * N * m;
+  p->mem_tiles = 2 * huge(B * p->tile * N) + B * p->tile * (tile_row_doubles(n, d, m) - 2.0 * n);
   p->mem_parts = B * (np * np + 2.0 * d * d * d * m + 2.0 * d * d + d * m + 1);
-  p->mem_hessian = B * 2 * lr * lc;                        /* the local share and its factor copy */
+  p->mem_hessian = 2 * huge(B * lr * lc);                  /* the local share and its factor copy */
   p->mem_assembly = (ranks > 1 ? B * (double)D * D : 0) + 12.0 * D; /* reduce-scatter send buffer, index tables */
   p->mem_solver = B * 5.0 * D;
   p->mem_baseline = AR_BASELINE_BYTES;

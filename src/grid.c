@@ -81,9 +81,9 @@ int ar_dmat_create(ar_grid g, int N, int nb, ar_dmat *out)
   descinit_(A->desc, &N, &N, &nb, &nb, &zero, &zero, &g->ctxt, &A->lld, &info);
   AR_CHECK(info == 0, AR_ERR_LIB, "descinit failed (info %d) for N=%d nb=%d", info, N, nb);
   size_t cnt = (size_t)A->locr * (size_t)A->locc;
-  /* the local share and its factor copy on transparent huge pages (memory.c) */
-  A->a = ar_huge_alloc(sizeof(double) * cnt);
-  A->fact = ar_huge_alloc(sizeof(double) * cnt);
+  /* the local share and its factor copy: work arrays (memory.c) */
+  A->a = ar_work_alloc(sizeof(double) * cnt);
+  A->fact = ar_work_alloc(sizeof(double) * cnt);
   AR_CHECK(A->a && A->fact, AR_ERR_MEM, "out of memory allocating the %d x %d Hessian (2 x %.1f MB per rank)", N, N,
            8.0 * (double)cnt / 1048576.0);
   return AR_OK;
@@ -93,8 +93,8 @@ void ar_dmat_destroy(ar_dmat *pA)
 {
   ar_dmat A = *pA;
   if (!A) return;
-  ar_huge_free(A->a);
-  ar_huge_free(A->fact);
+  ar_work_free(A->a);
+  ar_work_free(A->fact);
   free(A);
   *pA = NULL;
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "memory.h"
 
 /* Peak RSS of a run on a tiny problem (MPI, OpenBLAS, ScaLAPACK runtimes), measured here. */
 #define AR_BASELINE_BYTES (16.0 * 1048576.0)
@@ -31,11 +32,11 @@ static double tile_row_doubles(int64_t n, int d, int m)
   return 2.0 * n + 3.0 * d * d + 3.0 * np + 2.0 * d * m + 7.0 * d + m + 1;
 }
 
-/* Bytes of an array from ar_huge_alloc: whole 2 MB pages (memory.c). */
+/* Bytes of an array from ar_work_alloc: small ones take whole 2 MB pages (memory.c). */
 static double huge(double bytes)
 {
   const double h = 2097152.0;
-  return ceil(bytes / h) * h;
+  return bytes <= (double)AR_HUGE_MAX ? ceil(bytes / h) * h : bytes;
 }
 
 int64_t ar_plan_tile_rows(int64_t n, int d, int m, int ranks, int64_t tile, double tile_mem_mb)

@@ -85,16 +85,16 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
 #define ALLOC(ptr, cnt) \
   if (!err && !((ptr) = calloc((cnt) > 0 ? (size_t)(cnt) : 1, sizeof(double)))) \
     err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (reduce --tile or n)", #ptr, 8.0 * (double)(cnt) / 1048576.0)
-/* the large arrays: work arrays (memory.c) */
-#define HUGE(ptr, cnt) \
+/* the large arrays come from ar_work_alloc (memory.c) */
+#define WORK(ptr, cnt) \
   if (!err && !((ptr) = ar_work_alloc(sizeof(double) * (size_t)(cnt)))) \
     err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (reduce --tile or n)", #ptr, 8.0 * (double)(cnt) / 1048576.0)
     ev->ld3 = 2 * d + d * d, ev->ld2 = d + np;
-    HUGE(ev->t3, n * ev->ld3);
-    HUGE(ev->t2, n * ev->ld2);
+    WORK(ev->t3, n * ev->ld3);
+    WORK(ev->t2, n * ev->ld2);
     ALLOC(ev->v, n * m);
-    HUGE(ev->s, r * n);
-    HUGE(ev->u, r * n);
+    WORK(ev->s, r * n);
+    WORK(ev->u, r * n);
     ALLOC(ev->t1x, r * d);
     ALLOC(ev->pt, r * d);
     ALLOC(ev->ct, r * m);
@@ -116,7 +116,7 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
     ALLOC(ev->parts.ptp, d * d);
     ALLOC(ev->red, 1 + 2 * d * d + d * m);
 #undef ALLOC
-#undef HUGE
+#undef WORK
     ev->parts.d = d, ev->parts.m = m, ev->parts.npair = np;
     if (!err) {
       const double *a2 = p->a2, *a3 = p->a3;
@@ -138,8 +138,8 @@ void ar_eval_destroy(ar_eval *pev)
 {
   ar_eval ev = *pev;
   if (!ev) return;
-  double *huge[] = {ev->t3, ev->t2, ev->s, ev->u};
-  for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) ar_work_free(huge[i]);
+  double *work[] = {ev->t3, ev->t2, ev->s, ev->u};
+  for (size_t i = 0; i < sizeof work / sizeof work[0]; i++) ar_work_free(work[i]);
   double *bufs[] = {ev->v, ev->t1x, ev->pt, ev->ct, ev->ft, ev->wt, ev->beta,
                     ev->alpha, ev->fu, ev->e, ev->mm, ev->nsym, ev->k, ev->z1, ev->z2, ev->mmt,
                     ev->parts.hpair, ev->parts.t1, ev->parts.t2, ev->parts.ptp, ev->red};

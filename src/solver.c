@@ -28,10 +28,12 @@
  * same branch. */
 #include <float.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "fault.h"
 #include "problem_impl.h"
 #include "timing.h"
 
@@ -193,11 +195,7 @@ static int try_step(lm_state *s)
   const ar_hessian_kind thk = trusted && !chord_next ? s->hk : AR_HESS_NONE;
   double ft;
   AR_CALL(add_eval(s, s->zt, thk, &ft, trusted ? s->gt : NULL));
-  /* Fault injection for the reliability tests: ATTNREG_INJECT_NAN_TRIAL=K makes the K-th trial
-   * loss NaN (same environment on every rank, so every rank sees it). */
-  static int trials = 0;
-  const char *inject = getenv("ATTNREG_INJECT_NAN_TRIAL");
-  if (inject && ++trials == atoi(inject)) ft = NAN;
+  if (ar_fault("nan-trial")) ft = NAN; /* test hook (fault.h): every rank, as ft is global */
   s->rho = pred > 0 && isfinite(ft) ? (s->f - ft) / pred : -INFINITY;
   /* At the rounding floor of f the predicted decrease is below f's resolution and rho is
    * noise: a step that does not raise f beyond rounding is taken (rho counted as 1), so Newton
@@ -325,6 +323,7 @@ static int solve_loop(lm_state *s)
       break;
     }
     iter++;
+    if (ar_fault("signal")) raise(SIGUSR1); /* test hook: a signal at this iteration boundary */
     AR_CALL(compute_step(s));
     if (s->mu > s->o->mu_max) s->accepted = 0;
     else AR_CALL(try_step(s));

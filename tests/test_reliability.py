@@ -304,7 +304,7 @@ class Failures(unittest.TestCase):
 
         def solve(name, inject, *extra):
             out = os.path.join(TMP, name)
-            env = dict(ENV, ATTNREG_INJECT_NAN_TRIAL=str(inject))
+            env = dict(ENV, ATTNREG_FAULT="nan-trial:%d" % inject)
             subprocess.run(["mpirun", "-n", "2", ATTNREG, "solve", "--data", data, "--x0", data + "/X0.npy", "--out",
                             out, "--quiet", *extra], env=env, check=True)
             with open(out + "/history.csv") as f:

@@ -53,7 +53,7 @@ typedef struct {
 int ar_data_paths_from_dir(const char *dir, ar_data_paths *paths, char *storage);
 
 /* Collective.  Reads and validates the four files (shapes agree, values finite); each rank
- * reads only its own rows of A1 and B (MPI-IO).  lambda_x, lambda_y: ridge weights (global). */
+ * reads only its own rows of A1 and B (MPI-IO). */
 int ar_problem_load(MPI_Comm comm, const ar_data_paths *paths, ar_problem *prob);
 /* Collective.  Build from arrays already in memory: a1 and b hold this rank's rows [r0, r1) of the
  * partition ar_partition(n, size, rank); a2, a3 hold all n rows.  The arrays are copied. */
@@ -101,17 +101,33 @@ int ar_dmat_mean_abs_diag(ar_dmat A, double *mean);
 
 /* ------------------------------------------------------------------------------------------
  * Evaluation of L, its gradient and joint Hessian (MATH.md §1-§3, distributed as §5). */
-/* AUTO is a solver choice only (Gauss-Newton while it makes fast progress, then exact). */
-typedef enum { AR_HESS_NONE = 0, AR_HESS_EXACT, AR_HESS_GAUSS_NEWTON, AR_HESS_AUTO } ar_hessian_kind;
+/* Hessian kinds: enum value (stored in checkpoints: never renumber), name (options, outputs).
+ * AUTO is a solver choice only (Gauss-Newton while it makes fast progress, then exact). */
+#define AR_HESSIAN_MAP(X)                  \
+  X(AR_HESS_NONE, 0, "none")               \
+  X(AR_HESS_EXACT, 1, "exact")             \
+  X(AR_HESS_GAUSS_NEWTON, 2, "gauss-newton") \
+  X(AR_HESS_AUTO, 3, "auto")
+
+typedef enum {
+#define AR_HESS_ENUM(name, value, text) name = value,
+  AR_HESSIAN_MAP(AR_HESS_ENUM)
+#undef AR_HESS_ENUM
+} ar_hessian_kind;
+#define AR_HESS_COUNT 4
+const char *ar_hessian_name(int kind);      /* not collective: "exact", ...; NULL if not a kind */
 
 typedef struct ar_eval_s *ar_eval;
 
 typedef struct {
   int64_t tile;          /* rows per softmax tile; <= 0: from tile_mem_mb */
-  double tile_mem_mb;    /* memory budget for one tile's work arrays (default 256) */
+  double tile_mem_mb;    /* memory budget for one tile's work arrays */
   double lambda_x, lambda_y; /* ridge weights */
 } ar_eval_options;
+/* Not collective: the defaults (the command line's defaults come from here). */
 void ar_eval_options_default(ar_eval_options *o);
+/* Not collective: AR_ERR_USAGE with a message naming the option if a value is out of range. */
+int ar_eval_options_check(const ar_eval_options *o);
 
 typedef struct {
   double loss;           /* global: L(X,Y) including ridge terms */
@@ -125,6 +141,7 @@ typedef struct {
 int ar_eval_create(ar_problem prob, const ar_eval_options *opt, ar_eval *ev);
 void ar_eval_destroy(ar_eval *ev);
 int64_t ar_eval_tile(ar_eval ev);                    /* global: rows per tile in use */
+ar_problem ar_eval_problem(ar_eval ev);              /* global: the problem it evaluates */
 /* Collective: L at z (global X, Y); grad if out->grad != NULL; Hessian of kind hk into
  * out->hess if hk != AR_HESS_NONE (out->hess must be a D x D ar_dmat). */
 int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, ar_eval_out *out);
@@ -176,34 +193,65 @@ typedef enum {
 const char *ar_reason_name(ar_reason r);   /* not collective */
 int ar_reason_converged(ar_reason r);      /* not collective: 1 for the CONVERGED_* reasons */
 
-typedef enum { AR_METHOD_JOINT = 0, AR_METHOD_ALTERNATING } ar_method;
+/* Methods: enum value (stored in checkpoints), name (options, outputs). */
+#define AR_METHOD_MAP(X)              \
+  X(AR_METHOD_JOINT, 0, "joint")      \
+  X(AR_METHOD_ALTERNATING, 1, "alternating")
+
+typedef enum {
+#define AR_METHOD_ENUM(name, value, text) name = value,
+  AR_METHOD_MAP(AR_METHOD_ENUM)
+#undef AR_METHOD_ENUM
+} ar_method;
+#define AR_METHOD_COUNT 2
+const char *ar_method_name(int method);     /* not collective: "joint", ...; NULL if not a method */
+
+/* One row of the history.  The fields come from one list (X(type, name): type int or double),
+ * which the struct and the checkpoint serialiser both follow:
+ *   iter      0 = the starting point
+ *   accepted  the trial step of this iteration was taken
+ *   hessian   ar_hessian_kind of the Hessian behind this step (iteration 0: at the start)
+ *   chord     1: the step reused the factor of an earlier point's Hessian (chord step)
+ *   loss, rel_loss (loss / ||B||^2), grad_norm, mu, rho (gain ratio), step_norm, seconds */
+#define AR_ITER_FIELDS(X)                                                                           \
+  X(int, iter) X(int, accepted) X(int, hessian) X(int, chord) X(double, loss) X(double, rel_loss)  \
+  X(double, grad_norm) X(double, mu) X(double, rho) X(double, step_norm) X(double, seconds)
 
 typedef struct {
-  int iter;              /* 0 = the starting point */
-  double loss, rel_loss, grad_norm, mu, rho, step_norm, seconds;
-  int accepted;          /* the trial step of this iteration was taken */
-  int hessian;           /* ar_hessian_kind of the Hessian behind this step (iteration 0: at the start) */
-  int chord;             /* 1: the step reused the Cholesky factor of an earlier point (chord step) */
+#define AR_FIELD_DECL(type, name) type name;
+  AR_ITER_FIELDS(AR_FIELD_DECL)
 } ar_iter_info;
 
 typedef void (*ar_monitor_fn)(const ar_iter_info *it, void *ctx); /* called on every rank */
 
-/* Everything the solver needs to continue exactly where it stopped (checkpoint/restart). */
+/* Everything the solver needs to continue exactly where it stopped (checkpoint/restart), and
+ * the solver's own record of its state while it runs: one list of the scalar fields, which
+ * the struct and the checkpoint serialiser both follow (adding a field is one edit here).
+ *   iter         iterations done
+ *   accepted     the last trial step was taken
+ *   mu, nu       Levenberg-Marquardt shift (relative to its scale) and its growth factor
+ *   f_prev       loss before the last accepted step
+ *   g0norm       |g| at the start
+ *   step_norm, rho  the last step's length and gain ratio
+ *   h_kind       kind of the Hessian last evaluated (at z, or at zf before a chord step)
+ *   hk_next      kind for the next Hessian evaluation (--hessian auto)
+ *   h_fresh      1: that Hessian is at z; 0: at zf, and the next step is a chord step
+ *   nchord       chord steps taken with the current factor
+ *   fact_shift   shift of the current factor
+ *   contraction  |g| after / before the last accepted step */
+#define AR_STATE_FIELDS(X)                                                                          \
+  X(int, iter) X(int, accepted) X(double, mu) X(double, nu) X(double, f_prev) X(double, g0norm)    \
+  X(double, step_norm) X(double, rho) X(int, h_kind) X(int, hk_next) X(int, h_fresh) X(int, nchord) \
+  X(double, fact_shift) X(double, contraction)
+
 typedef struct {
-  int iter;                  /* iterations done */
-  int accepted;              /* the last trial step was taken */
-  double mu, nu, f_prev, g0norm, step_norm, rho;
-  int h_kind;                /* kind of the Hessian last evaluated (at z, or at zf before a chord step) */
-  int hk_next;               /* kind for the next Hessian evaluation (--hessian auto) */
-  int h_fresh;               /* 1: that Hessian is at z; 0: at zf, and the next step is a chord step */
-  int nchord;                /* chord steps taken with the current factor */
-  double fact_shift;         /* shift of the current factor */
-  double contraction;        /* |g| after / before the last accepted step */
+  AR_STATE_FIELDS(AR_FIELD_DECL)
   int D;
   double *z;                 /* D = d*d + d*m: [vec_r X; vec_r Y] */
   double *zf;                /* h_fresh == 0: the point whose Hessian is factored */
   ar_iter_info *history;     /* iter + 1 entries */
 } ar_solver_state;
+#undef AR_FIELD_DECL
 
 /* Called (collectively, same arguments on every rank) at checkpoint times; a non-zero
  * return is an error that stops the solve. */
@@ -226,7 +274,11 @@ typedef struct {
   ar_monitor_fn monitor;
   void *monitor_ctx;
 } ar_solver_options;
+/* Not collective: the defaults (the command line's defaults come from here). */
 void ar_solver_options_default(ar_solver_options *o);
+/* Not collective: AR_ERR_USAGE with a message naming the option if a value is out of range
+ * (ar_solve checks too). */
+int ar_solver_options_check(const ar_solver_options *o);
 
 typedef struct {
   ar_reason reason;

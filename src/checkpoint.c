@@ -48,29 +48,40 @@ static void put(wbuf *w, const void *p, size_t n)
   w->len += n;
 }
 #define PUT(w, v) put((w), &(v), sizeof(v))
+static void put_int(wbuf *w, int v)
+{
+  int32_t x = v;
+  PUT(w, x);
+}
+static void put_double(wbuf *w, double v) { PUT(w, v); }
+
+/* The solver state and the history follow their field lists (attnreg.h): ints as i32,
+ * doubles as f64, in list order. */
+#define PUT_STATE(type, name) put_##type(&w, s->name);
+#define PUT_ITER(type, name) put_##type(&w, h->name);
+#define GET_STATE(type, name) ok = ok && get_##type(&r, &s->name);
+#define GET_ITER(type, name) ok = ok && get_##type(&r, &h->name);
+
+/* Bytes of one history row in the file. */
+#define ROW_BYTES(type, name) +(sizeof(type) == sizeof(double) ? 8 : 4)
+
+static int valid_kind(int k) { return k == AR_HESS_EXACT || k == AR_HESS_GAUSS_NEWTON; }
 
 int ar_checkpoint_write(const char *path, const ar_checkpoint *c)
 {
   const ar_solver_state *s = &c->st;
   wbuf w = {0};
-  int32_t d = c->d, m = c->m, method = c->method, hess = c->hessian, iter = s->iter, acc = s->accepted, D = s->D;
-  int32_t chord = c->chord_steps;
-  int32_t nh = s->iter + 1, hkind = s->h_kind, hnext = s->hk_next, fresh = s->h_fresh, nchord = s->nchord;
   put(&w, magic, sizeof magic);
-  PUT(&w, c->n), PUT(&w, d), PUT(&w, m), PUT(&w, c->data_hash), PUT(&w, method), PUT(&w, hess), PUT(&w, chord);
-  PUT(&w, c->lambda_x), PUT(&w, c->lambda_y), PUT(&w, iter), PUT(&w, acc);
-  PUT(&w, s->mu), PUT(&w, s->nu), PUT(&w, s->f_prev), PUT(&w, s->g0norm), PUT(&w, s->step_norm), PUT(&w, s->rho);
-  PUT(&w, hkind), PUT(&w, hnext), PUT(&w, fresh), PUT(&w, nchord), PUT(&w, s->fact_shift);
-  PUT(&w, s->contraction);
-  PUT(&w, D);
-  put(&w, s->z, sizeof(double) * D);
-  put(&w, s->zf, sizeof(double) * D);
-  PUT(&w, nh);
-  for (int i = 0; i < nh; i++) {
+  PUT(&w, c->n), put_int(&w, c->d), put_int(&w, c->m), PUT(&w, c->data_hash), put_int(&w, c->method);
+  put_int(&w, c->hessian), put_int(&w, c->chord_steps), PUT(&w, c->lambda_x), PUT(&w, c->lambda_y);
+  AR_STATE_FIELDS(PUT_STATE)
+  put_int(&w, s->D);
+  put(&w, s->z, sizeof(double) * s->D);
+  put(&w, s->zf, sizeof(double) * s->D);
+  put_int(&w, s->iter + 1);
+  for (int i = 0; i <= s->iter; i++) {
     const ar_iter_info *h = &s->history[i];
-    int32_t it = h->iter, a = h->accepted, hh = h->hessian, hc = h->chord;
-    PUT(&w, it), PUT(&w, a), PUT(&w, hh), PUT(&w, hc), PUT(&w, h->loss), PUT(&w, h->rel_loss), PUT(&w, h->grad_norm), PUT(&w, h->mu);
-    PUT(&w, h->rho), PUT(&w, h->step_norm), PUT(&w, h->seconds);
+    AR_ITER_FIELDS(PUT_ITER)
   }
   uint64_t sum = w.oom ? 0 : fnv1a(w.buf, w.len);
   PUT(&w, sum);
@@ -106,6 +117,14 @@ static int get(rbuf *r, void *dst, size_t n)
   return 1;
 }
 #define GET(r, v) get((r), &(v), sizeof(v))
+static int get_int(rbuf *r, int *v)
+{
+  int32_t x;
+  if (!GET(r, x)) return 0;
+  *v = x;
+  return 1;
+}
+static int get_double(rbuf *r, double *v) { return GET(r, *v); }
 
 int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, ar_checkpoint *c)
 {
@@ -119,24 +138,21 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   memcpy(&sum, buf + len - 8, 8);
   AR_CHECK(sum == fnv1a(buf, len - 8), AR_ERR_DATA, "%s: checksum mismatch (corrupt or truncated checkpoint)", name);
   r.len = len - 8;
-  int32_t d, m, method, hess, chord, iter, acc, D, nh, hkind, hnext, fresh, nchord;
   ar_solver_state *s = &c->st;
-  int ok = GET(&r, c->n) && GET(&r, d) && GET(&r, m) && GET(&r, c->data_hash) && GET(&r, method) && GET(&r, hess) && GET(&r, chord) &&
-           GET(&r, c->lambda_x) && GET(&r, c->lambda_y) && GET(&r, iter) && GET(&r, acc) && GET(&r, s->mu) &&
-           GET(&r, s->nu) && GET(&r, s->f_prev) && GET(&r, s->g0norm) && GET(&r, s->step_norm) && GET(&r, s->rho) &&
-           GET(&r, hkind) && GET(&r, hnext) && GET(&r, fresh) && GET(&r, nchord) && GET(&r, s->fact_shift) &&
-           GET(&r, s->contraction) &&
-           GET(&r, D);
+  int ok = GET(&r, c->n) && get_int(&r, &c->d) && get_int(&r, &c->m) && GET(&r, c->data_hash) &&
+           get_int(&r, &c->method) && get_int(&r, &c->hessian) && get_int(&r, &c->chord_steps) &&
+           GET(&r, c->lambda_x) && GET(&r, c->lambda_y);
+  AR_STATE_FIELDS(GET_STATE)
+  ok = ok && get_int(&r, &s->D);
   AR_CHECK(ok, AR_ERR_DATA, "%s: truncated checkpoint", name);
+  const int d = c->d, m = c->m, D = s->D;
   AR_CHECK(c->n > 0 && d > 0 && m > 0 && D > 0 && D <= AR_CKPT_MAX_D && (int64_t)d * d + (int64_t)d * m == D,
            AR_ERR_DATA, "%s: inconsistent sizes in checkpoint (n=%lld d=%d m=%d D=%d)", name, (long long)c->n, d, m, D);
-  int kinds_ok = (hkind == 1 || hkind == 2) && (hnext == 1 || hnext == 2) && (fresh == 0 || fresh == 1);
-  AR_CHECK(iter >= 0 && iter < AR_CKPT_MAX_ITER && (method == 0 || method == 1) && hess >= 1 && hess <= 3 &&
-               kinds_ok && chord >= 0 && nchord >= 0 && nchord <= iter,
+  const int kinds_ok = valid_kind(s->h_kind) && valid_kind(s->hk_next) && (s->h_fresh == 0 || s->h_fresh == 1);
+  AR_CHECK(s->iter >= 0 && s->iter < AR_CKPT_MAX_ITER && ar_method_name(c->method) &&
+               (valid_kind(c->hessian) || c->hessian == AR_HESS_AUTO) && kinds_ok && c->chord_steps >= 0 &&
+               s->nchord >= 0 && s->nchord <= s->iter,
            AR_ERR_DATA, "%s: invalid solver state in checkpoint", name);
-  c->d = d, c->m = m, c->method = method, c->hessian = hess, c->chord_steps = chord, s->iter = iter;
-  s->accepted = acc, s->D = D;
-  s->h_kind = hkind, s->hk_next = hnext, s->h_fresh = fresh, s->nchord = nchord;
   AR_CHECK((r.len - r.off) / 2 >= sizeof(double) * (size_t)D, AR_ERR_DATA, "%s: truncated checkpoint", name);
   s->z = malloc(sizeof(double) * D);
   s->zf = malloc(sizeof(double) * D);
@@ -146,7 +162,9 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   }
   get(&r, s->z, sizeof(double) * D);
   get(&r, s->zf, sizeof(double) * D);
-  if (!GET(&r, nh) || nh != iter + 1 || (r.len - r.off) / 72 < (size_t)nh) {
+  int nh = 0;
+  const size_t row_bytes = 0 AR_ITER_FIELDS(ROW_BYTES);
+  if (!get_int(&r, &nh) || nh != s->iter + 1 || (r.len - r.off) / row_bytes < (size_t)nh) {
     ar_checkpoint_free(c);
     return AR_ERROR(AR_ERR_DATA, "%s: truncated or inconsistent history in checkpoint", name);
   }
@@ -158,19 +176,17 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   int hist_ok = 1;
   for (int i = 0; i < nh; i++) {
     ar_iter_info *h = &s->history[i];
-    int32_t it, a, hh, hc;
-    GET(&r, it), GET(&r, a), GET(&r, hh), GET(&r, hc), GET(&r, h->loss), GET(&r, h->rel_loss), GET(&r, h->grad_norm), GET(&r, h->mu);
-    GET(&r, h->rho), GET(&r, h->step_norm), GET(&r, h->seconds);
-    h->iter = it, h->accepted = a, h->hessian = hh, h->chord = hc;
-    hist_ok &= (a == 0 || a == 1) && (hh == 1 || hh == 2) && (hc == 0 || hc == 1);
+    AR_ITER_FIELDS(GET_ITER)
+    hist_ok &= (h->accepted == 0 || h->accepted == 1) && valid_kind(h->hessian) && (h->chord == 0 || h->chord == 1);
   }
   int finite = isfinite(s->mu) && isfinite(s->nu) && isfinite(s->g0norm) && isfinite(s->fact_shift) &&
                s->contraction >= 0; /* may be +inf after a step to a non-finite gradient */
   for (int i = 0; i < D; i++) finite &= isfinite(s->z[i]) && isfinite(s->zf[i]);
-  if (r.off != r.len || !finite || !hist_ok) {
+  if (!ok || r.off != r.len || !finite || !hist_ok) {
     ar_checkpoint_free(c);
     return AR_ERROR(AR_ERR_DATA, "%s: %s", name,
-                    !finite    ? "non-finite values in checkpoint"
+                    !ok        ? "truncated history in checkpoint"
+                    : !finite  ? "non-finite values in checkpoint"
                     : !hist_ok ? "invalid history in checkpoint"
                                : "trailing bytes in checkpoint");
   }

@@ -151,6 +151,8 @@ void ar_eval_destroy(ar_eval *pev)
 
 int64_t ar_eval_tile(ar_eval ev) { return ev->tile; }
 
+ar_problem ar_eval_problem(ar_eval ev) { return ev->p; }
+
 /* [A2 | R22] is only needed by the exact Hessian: built at its first use, so a Gauss-Newton
  * or gradient-only run never touches (and never faults in) its pages. */
 static void build_t2(ar_eval ev)

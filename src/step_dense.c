@@ -1,0 +1,83 @@
+/* The dense Newton step (step.h): H assembled into the block-cyclic layout by the evaluation
+ * (eval.c, hessian.c), H + shift*I factored by ScaLAPACK's Cholesky (grid.c).  The factor is
+ * kept in its own copy, so chord steps can reuse it while H is re-evaluated elsewhere. */
+#include <stdlib.h>
+
+#include "error.h"
+#include "step.h"
+
+typedef struct {
+  ar_dmat H;
+  double shift; /* of the current factor */
+} dense;
+
+static int dense_evaluate(ar_stepper *st, const double *z, ar_hessian_kind hk, double *f, double *g)
+{
+  dense *ds = st->impl;
+  return ar_stepper_eval(st, z, hk, ds->H, f, g);
+}
+
+static int dense_scale(ar_stepper *st, double *scale)
+{
+  dense *ds = st->impl;
+  return ar_dmat_mean_abs_diag(ds->H, scale);
+}
+
+static int dense_factor(ar_stepper *st, double shift, int *not_pd)
+{
+  dense *ds = st->impl;
+  ds->shift = shift;
+  return ar_dmat_factor(ds->H, shift, not_pd);
+}
+
+static int dense_solve(ar_stepper *st, const double *g, double *dz, double *pred)
+{
+  dense *ds = st->impl;
+  const int N = st->N;
+  double *rhs;
+  AR_MALLOC(rhs, N);
+  for (int i = 0; i < N; i++) rhs[i] = -g[i];
+  int err = ar_dmat_solve(ds->H, rhs, dz);
+  free(rhs);
+  AR_CALL(err);
+  /* (H + shift I) dz = -g, so dz.(H + shift I).dz = -g.dz and the model's decrease is
+   * -g.dz/2 + shift |dz|^2 / 2. */
+  double gdz = 0, dzz = 0;
+  for (int i = 0; i < N; i++) gdz += g[i] * dz[i], dzz += dz[i] * dz[i];
+  *pred = -0.5 * gdz + 0.5 * ds->shift * dzz;
+  return AR_OK;
+}
+
+static void dense_finish(ar_stepper *st, ar_solve_result *res)
+{
+  dense *ds = st->impl;
+  int nf;
+  ar_dmat_times(ds->H, &res->t_factor, &res->t_solve, &nf);
+  res->nb = ar_dmat_nb(ds->H);
+}
+
+static void dense_destroy(ar_stepper *st)
+{
+  dense *ds = st->impl;
+  if (ds) ar_dmat_destroy(&ds->H);
+  free(ds);
+}
+
+static const ar_stepper_ops dense_ops = {"cholesky", dense_evaluate, dense_scale, dense_factor, dense_solve,
+                                         dense_finish, dense_destroy};
+
+int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_result *res, ar_stepper **out)
+{
+  *out = NULL;
+  ar_stepper *st;
+  AR_MALLOC(st, 1);
+  st->ops = &dense_ops, st->ev = ev, st->N = N, st->res = res;
+  int d;
+  ar_problem_sizes(ar_eval_problem(ev), NULL, &d, NULL);
+  st->dd = d * d;
+  dense *ds = calloc(1, sizeof *ds);
+  st->impl = ds;
+  *out = st;
+  AR_CHECK(ds, AR_ERR_MEM, "out of memory (dense step)");
+  return ar_dmat_create(grid, N, nb, &ds->H);
+}

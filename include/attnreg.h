@@ -41,7 +41,7 @@ int ar_error_exit_status(int code);         /* not collective: process exit stat
 const char *ar_error_message(void);         /* not collective: last recorded message */
 
 /* ------------------------------------------------------------------------------------------
- * Problem: A1, B distributed by contiguous row blocks; A2, A3 replicated on every rank. */
+ * Problem: A1, A2, A3, B distributed by contiguous row blocks (each rank holds only its rows). */
 typedef struct ar_problem_s *ar_problem;
 
 typedef struct {
@@ -53,12 +53,13 @@ typedef struct {
 int ar_data_paths_from_dir(const char *dir, ar_data_paths *paths, char *storage);
 
 /* Collective.  Reads and validates the four files (shapes agree, values finite); each rank
- * reads only its own rows of A1 and B (MPI-IO). */
+ * reads only its own rows of each (MPI-IO). */
 int ar_problem_load(MPI_Comm comm, const ar_data_paths *paths, ar_problem *prob);
-/* Collective.  Build from arrays already in memory: a1 and b hold this rank's rows [r0, r1) of the
- * partition ar_partition(n, size, rank); a2, a3 hold all n rows.  The arrays are copied. */
-int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_local, const double *a2,
-                      const double *a3, const double *b_local, ar_problem *prob);
+/* Collective.  Build from arrays already in memory: a1, a2, a3 and b hold this rank's rows
+ * [r0, r1) of the partition ar_partition(n, size, rank).  The arrays are copied; a1 == a2 == a3
+ * (self-attention) or a2 == a3 are stored once. */
+int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_local, const double *a2_local,
+                      const double *a3_local, const double *b_local, ar_problem *prob);
 void ar_problem_destroy(ar_problem *prob);  /* not collective; NULLs *prob */
 void ar_problem_sizes(ar_problem prob, int64_t *n, int *d, int *m); /* global */
 double ar_problem_bnorm2(ar_problem prob);  /* global: ||B||_F^2 */
@@ -120,7 +121,8 @@ const char *ar_hessian_name(int kind);      /* not collective: "exact", ...; NUL
 typedef struct ar_eval_s *ar_eval;
 
 typedef struct {
-  int64_t tile;          /* rows per softmax tile; <= 0: from tile_mem_mb */
+  int64_t tile;          /* query rows per tile; <= 0: from tile_mem_mb */
+  int64_t chunk;         /* key rows per chunk; <= 0: from tile_mem_mb */
   double tile_mem_mb;    /* memory budget for one tile's work arrays */
   double lambda_x, lambda_y; /* ridge weights */
 } ar_eval_options;
@@ -135,12 +137,14 @@ typedef struct {
   ar_dmat hess;          /* distributed D x D Hessian; NULL if not requested */
   double flops;          /* local flops done by the model of MATH.md §3 */
   double t_kernel, t_hess, t_reduce; /* local seconds: loss/gradient, Hessian assembly, reductions */
+  double t_ring;         /* local seconds waiting for key/value blocks of the ring */
 } ar_eval_out;
 
 /* Collective: prepare per-problem tables (R23, R22 of MATH.md §3). */
 int ar_eval_create(ar_problem prob, const ar_eval_options *opt, ar_eval *ev);
 void ar_eval_destroy(ar_eval *ev);
-int64_t ar_eval_tile(ar_eval ev);                    /* global: rows per tile in use */
+int64_t ar_eval_tile(ar_eval ev);                    /* global: query rows per tile in use */
+int64_t ar_eval_chunk(ar_eval ev);                   /* global: key rows per chunk in use */
 ar_problem ar_eval_problem(ar_eval ev);              /* global: the problem it evaluates */
 /* Collective: L at z (global X, Y); grad if out->grad != NULL; Hessian of kind hk into
  * out->hess if hk != AR_HESS_NONE (out->hess must be a D x D ar_dmat). */
@@ -258,8 +262,8 @@ typedef struct {
 typedef int (*ar_checkpoint_fn)(const ar_solver_state *st, void *ctx);
 
 typedef struct {
-  ar_method method;
-  ar_hessian_kind hessian;   /* EXACT, GAUSS_NEWTON or AUTO */
+  int method;                /* ar_method */
+  int hessian;               /* ar_hessian_kind: EXACT, GAUSS_NEWTON or AUTO */
   int chord_steps;           /* steps that reuse one Cholesky factor after the Newton step (0: none) */
   int64_t max_iter;
   double time_limit;         /* seconds, <= 0: none */
@@ -287,7 +291,7 @@ typedef struct {
   ar_iter_info *history;     /* iterations + 1 entries (caller frees) */
   int nb;                    /* ScaLAPACK block size used */
   double flops;              /* local */
-  double t_kernel, t_hess, t_reduce, t_factor, t_solve, t_total; /* local seconds */
+  double t_kernel, t_hess, t_reduce, t_ring, t_factor, t_solve, t_total; /* local seconds */
 } ar_solve_result;
 
 /* Collective: minimise from (X, Y) (global, updated in place). */
@@ -299,26 +303,34 @@ int ar_solve_least_squares_y(ar_eval ev, const double *X, double *Y);
 
 /* ------------------------------------------------------------------------------------------
  * Planning: memory per rank, flops and communication per Newton iteration, without running.
- * The memory model is the one the code allocates by (inputs, tables, tiles, Hessian parts,
- * local Hessian share, assembly buffer, ScaLAPACK work) plus a measured runtime baseline. */
+ * The memory model follows the code's allocations one by one (docs/layout.md): the local rows
+ * of the inputs, the ring's block buffers, the per-row accumulators, a chunk's tables, a
+ * tile's work arrays, the Hessian parts, the local Hessian share, the assembly panel, the
+ * solver vectors, plus a measured runtime baseline.  Every term that grows with n is
+ * O(n / ranks). */
 typedef struct {
-  int64_t n, tile, rows_per_rank;
+  int64_t n, tile, chunk, rows_per_rank;
   int d, m, D, ranks, pr, pc, nb;
+  int fused;             /* one rank, one chunk: forward and backward fused (no recomputation) */
   /* bytes on the most loaded rank */
-  double mem_inputs, mem_tables, mem_tiles, mem_parts, mem_hessian, mem_assembly, mem_solver, mem_baseline,
-      mem_total;
-  /* flops of the whole job per Newton iteration (model of MATH.md §2-§3) */
+  double mem_inputs, mem_ring, mem_rows, mem_chunk, mem_tiles, mem_parts, mem_hessian, mem_assembly, mem_solver,
+      mem_baseline, mem_total;
+  /* flops of the whole job per Newton iteration (model of docs/math.md) */
   double flops_loss_grad, flops_hessian, flops_trial, flops_cholesky, flops_total;
-  /* bytes sent per rank per Newton iteration (estimates for the collectives) */
-  double comm_allreduce, comm_hessian, comm_cholesky, comm_total;
+  /* bytes sent per rank per Newton iteration (estimates) */
+  double comm_ring, comm_allreduce, comm_hessian, comm_cholesky, comm_total;
 } ar_plan;
+
+/* Bytes of the Hessian assembly panel: the reduction goes through a buffer of at most this. */
+#define AR_ASSEMBLY_BYTES (64.0 * 1048576.0)
 
 /* Not collective.  pr = pc = 0: default grid; nb <= 0: default block size; tile <= 0: from
  * tile_mem_mb (as ar_eval_create chooses it). */
-int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, double tile_mem_mb,
-                    ar_hessian_kind hk, ar_plan *plan);
-/* Not collective: rows per tile that ar_eval_create uses. */
-int64_t ar_plan_tile_rows(int64_t n, int d, int m, int ranks, int64_t tile, double tile_mem_mb);
+int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
+                    double tile_mem_mb, ar_hessian_kind hk, ar_plan *plan);
+/* Not collective: the query rows per tile and key rows per chunk that ar_eval_create uses. */
+void ar_plan_tiles(int64_t n, int d, int m, int ranks, int64_t tile, int64_t chunk, double tile_mem_mb,
+                   int64_t *rows, int64_t *chunk_rows);
 /* Not collective: default grid shape and block size. */
 void ar_plan_default_grid(int ranks, int *pr, int *pc);
 int ar_plan_default_nb(int N, int pr, int pc);

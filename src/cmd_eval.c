@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "cli.h"
+#include "commands.h"
 #include "error.h"
 #include "npy.h"
 #include "output.h"
@@ -43,16 +44,17 @@ static int write_eval_json(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid 
 
 int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
 {
-  ar_common_cfg c = {0};
+  ar_common_cfg c;
+  ar_common_cfg_default(&c);
   const char *xpath = NULL, *ypath = NULL, *outdir = NULL;
-  int hess = 0, done;
+  int hess = AR_HESS_NONE, done;
   ar_option opts[] = {
       AR_DATA_OPTIONS(c),
-      {"x", AR_OPT_STRING, &xpath, NULL, "X (d x d), required", 0, 0, 0},
-      {"y", AR_OPT_STRING, &ypath, NULL, "Y (d x m), required", 0, 0, 0},
-      {"hessian", AR_OPT_CHOICE, &hess, "none", "also compute and write the joint Hessian", 0, 0,
-       "none|exact|gauss-newton"},
-      {"out", AR_OPT_STRING, &outdir, NULL, "output directory, required", 0, 0, 0},
+      {"x", AR_OPT_STRING, &xpath, "X (d x d), required"},
+      {"y", AR_OPT_STRING, &ypath, "Y (d x m), required"},
+      {"hessian", AR_OPT_CHOICE, &hess, "also compute and write the joint Hessian", NULL, 0, 0,
+       "none|exact|gauss-newton", ar_hessian_name},
+      {"out", AR_OPT_STRING, &outdir, "output directory, required"},
   };
   const int nopts = sizeof opts / sizeof opts[0];
   AR_CALL(ar_cli_parse(comm, "usage: attnreg eval --data DIR --x X.npy --y Y.npy [--hessian exact|gauss-newton] --out OUT",
@@ -60,6 +62,7 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
   if (done) return AR_OK;
   AR_CHECK(xpath && ypath, AR_ERR_USAGE, "--x and --y are required");
   AR_CHECK(outdir, AR_ERR_USAGE, "--out is required");
+  AR_CALL(ar_eval_options_check(&c.eval));
   int rank;
   MPI_Comm_rank(comm, &rank);
   double t[5] = {0}, t0 = ar_wtime();
@@ -80,12 +83,9 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
   }
   if (!err) err = ar_cli_load_matrix(comm, "--x", xpath, d, d, X);
   if (!err) err = ar_cli_load_matrix(comm, "--y", ypath, d, m, Y);
-  if (!err && hess) err = ar_dmat_create(grid, d * d + d * m, (int)c.nb, &H);
+  if (!err && hess) err = ar_dmat_create(grid, d * d + d * m, c.nb, &H);
   if (!err) err = ar_error_agree(comm, err);
-  ar_eval_options eo;
-  ar_eval_options_default(&eo);
-  eo.tile = c.tile, eo.tile_mem_mb = c.tile_mem, eo.lambda_x = c.lambda_x, eo.lambda_y = c.lambda_y;
-  if (!err) err = ar_eval_create(prob, &eo, &ev);
+  if (!err) err = ar_eval_create(prob, &c.eval, &ev);
   if (!err) err = ar_out_begin(comm, "--out", outdir, &out);
   t[0] = ar_wtime() - t0;
   ar_eval_out r = {.grad = g, .hess = H};
@@ -109,9 +109,11 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
   t[4] = ar_wtime() - t1;
   if (!err) {
     double rl = ar_peak_rss_mb();
-    MPI_Allreduce(&r.flops, &flops, 1, MPI_DOUBLE, MPI_SUM, comm);
-    MPI_Allreduce(&rl, &rss, 1, MPI_DOUBLE, MPI_MAX, comm);
-    err = ar_error_agree(comm, write_eval_json(comm, &out, prob, grid, H, ar_eval_tile(ev), &r, gnorm, t, flops, rss));
+    double in[2] = {r.flops, rl}, sum[2], mx[2];
+    err = MPI_Allreduce(in, sum, 2, MPI_DOUBLE, MPI_SUM, comm) || MPI_Allreduce(in, mx, 2, MPI_DOUBLE, MPI_MAX, comm);
+    err = err ? AR_ERROR(AR_ERR_MPI, "MPI_Allreduce of the report failed") : AR_OK;
+    flops = sum[0], rss = mx[1];
+    if (!err) err = ar_error_agree(comm, write_eval_json(comm, &out, prob, grid, H, ar_eval_tile(ev), &r, gnorm, t, flops, rss));
   }
   if (!err) err = ar_out_commit(&out);
   if (err) ar_out_abort(&out);

@@ -2,25 +2,26 @@
 #include <stdio.h>
 
 #include "cli.h"
+#include "commands.h"
 #include "error.h"
 
 int ar_cmd_generate(MPI_Comm comm, int argc, char **argv)
 {
-  int64_t n, d, m, seed;
-  double xs, noise, start;
-  int self, done, quiet;
+  int64_t n = 0, d = 0, m = 0, seed = 1;
+  double xs = 1, noise = 0, start = 0.3;
+  int self = 0, done, quiet = 0;
   const char *out = NULL;
   ar_option opts[] = {
-      {"n", AR_OPT_INT, &n, NULL, "rows (sequence length), required", 1, 0, 0},
-      {"d", AR_OPT_INT, &d, NULL, "width of A1, A2, A3, required", 1, 0, 0},
-      {"m", AR_OPT_INT, &m, "0", "columns of B (0: same as d)", 0, 0, 0},
-      {"seed", AR_OPT_INT, &seed, "1", "random seed", 0, 0, 0},
-      {"x-scale", AR_OPT_DOUBLE, &xs, "1", "standard deviation of X_true's entries", 0, 0, 0},
-      {"noise", AR_OPT_DOUBLE, &noise, "0", "standard deviation of the noise added to B", 0, 0, 0},
-      {"start-noise", AR_OPT_DOUBLE, &start, "0.3", "X0 = X_true + start-noise * x-scale * N(0,1)", 0, 0, 0},
-      {"self", AR_OPT_FLAG, &self, NULL, "self-attention: one shared A (A.npy)", 0, 0, 0},
-      {"out", AR_OPT_STRING, &out, NULL, "output directory, required", 0, 0, 0},
-      {"quiet", AR_OPT_FLAG, &quiet, NULL, "print nothing but errors", 0, 0, 0},
+      {"n", AR_OPT_INT64, &n, "rows (sequence length), required", NULL, 1},
+      {"d", AR_OPT_INT64, &d, "width of A1, A2, A3, required", NULL, 1},
+      {"m", AR_OPT_INT64, &m, "columns of B (0: same as d)", "0"},
+      {"seed", AR_OPT_INT64, &seed, "random seed"},
+      {"x-scale", AR_OPT_DOUBLE, &xs, "standard deviation of X_true's entries"},
+      {"noise", AR_OPT_DOUBLE, &noise, "standard deviation of the noise added to B", "0"},
+      {"start-noise", AR_OPT_DOUBLE, &start, "X0 = X_true + start-noise * x-scale * N(0,1)", "0"},
+      {"self", AR_OPT_FLAG, &self, "self-attention: one shared A (A.npy)"},
+      {"out", AR_OPT_STRING, &out, "output directory, required"},
+      {"quiet", AR_OPT_FLAG, &quiet, "print nothing but errors"},
   };
   const int nopts = sizeof opts / sizeof opts[0];
   AR_CALL(ar_cli_parse(comm, "usage: attnreg generate --n N --d D [--m M] [--seed S] [--x-scale s] [--noise sigma]\n"

@@ -1,19 +1,29 @@
-/* Loss, gradient and the parts of the joint Hessian, one softmax row tile at a time.
+/* Loss, gradient and the parts of the joint Hessian, by query-row tiles against key/value
+ * column chunks that travel around the ring (docs/math.md §2-§3, docs/layout.md).
  *
- * For a tile of r rows j (MATH.md §2-§3; every heavy step is one GEMM):
- *   S = (A1_t X) A2^T,  F = softmax_rows(S)           r x n   (never more than one tile)
- *   F [A3 | A2 | R23] = [P | beta | F R23]            (loss only: F A3 = P)
- *   C = P Y - B_t,  L += ||C||^2
- *   U = C V^T,  W = F o U - F o fu 1^T = G/2,  fu = rowsum(F o U)
- *   W [A2 | R22] = [W A2 | A2^T diag(w_j) A2 over pairs]   (gradient only: W A2)
- *   grad_X += 2 A1_t^T (W A2),  grad_Y += 2 P^T C,  P^T P += P^T P
- * and for the Hessian
- *   alpha = W A2 + fu beta (= A2^T (f o u)),  E = F R23 - beta (x) p,  M = E Y   (E_j, M_j of §3)
- *   N_j = 2 (M_j M_j^T + T_j),  hpair += K^T N (pairs of p and of q),
- *   t1 += (A1 o C)^T E,  t2 += (A1 o P)^T M.
- * Gauss-Newton drops T_j and t1, and so the R22 columns (W A2 alone).  The parts are reduced
- * and expanded in hessian.c.  The two tables [A3 | A2 | R23] and [A2 | R22] depend only on
- * the data: built once, [A2 | R22] at the first exact Hessian. */
+ * Each rank holds its rows j of A1, A2, A3, B.  For its query rows it needs every key/value
+ * row l: the blocks of A2, A3 come by around the ring (ring.c), and a block is cut into chunks
+ * of c rows, for which the per-row tables are built on the fly.  For a tile of r query rows
+ * against a chunk (every heavy step is one GEMM):
+ *
+ *   forward pass (one trip):   S = (A1 X)_t A2_c^T                         r x c logits
+ *                              online softmax: running max and sum per row, the accumulator
+ *                              rescaled when the max grows (FlashAttention's merge), and
+ *                              fwd_t += exp(S - max) [A3 | A2 | R23]_c   (loss, gradient: A3 only)
+ *   at the end of the trip:    fwd /= sum -> [P | beta | F R23],  lse = max + log(sum)
+ *                              C = P Y - B,  L = ||C||^2,  fu_j = f_j.u_j = c_j.(P Y)_j
+ *   backward pass (one trip):  F = exp(S - lse) (S recomputed),  U = C_t V_c^T,  V = A3 Y
+ *                              W = F o (U - fu 1^T) = G/2
+ *                              bwd_t += W [A2 | R22]_c                  (gradient, GN: A2 only)
+ *   then per row tile:         grad_X += 2 A1_t^T (W A2),  grad_Y += 2 P^T C,  P^T P
+ *                              alpha = W A2 + fu beta (= A2^T (f o u)),  E = F R23 - beta (x) p,
+ *                              M = E Y,  N_j = 2 (M_j M_j^T + T_j) over pairs,
+ *                              hpair += K^T N,  t1 += (A1 o C)^T E,  t2 += (A1 o P)^T M.
+ *
+ * Gauss-Newton drops T_j and t1, and so the R22 columns.  When the whole key set is one chunk
+ * (one rank, n <= chunk) both passes are fused per tile and F is used as it is, with no
+ * recomputation: then the tables are built once and kept.  The parts are reduced and
+ * expanded in hessian.c. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -22,33 +32,59 @@
 #include "error.h"
 #include "memory.h"
 #include "problem_impl.h"
+#include "ring.h"
 #include "softmax.h"
 #include "timing.h"
 
 struct ar_eval_s {
   ar_problem p;
   ar_eval_options opt;
-  int64_t tile;
-  int npair;
-  double *t3;    /* n x ld3: [A3 | A2 | R23], R23[l,(q,k)] = a2_lq a3_lk */
-  double *t2;    /* n x ld2: [A2 | R22],      R22[l,{q<=q'}] = a2_lq a2_lq' */
-  int ld3, ld2, t2_ready, t1_used;
-  double *v;     /* n x m:         V = A3 Y */
-  /* tile work arrays */
-  double *s, *u; /* r x n: S then F; U then FU then G */
-  double *t1x, *pt, *ct, *beta, *alpha, *fu;
-  double *ft;    /* r x ld3: F [A3 | A2 | R23] */
-  double *wt;    /* r x ld2: W [A2 | R22] */
-  double *e, *mm, *nsym, *k, *z1, *z2, *mmt;
+  int64_t tile, chunk;      /* query rows per tile, key rows per chunk */
+  int npair;                /* d (d + 1) / 2 symmetric pairs */
+  int width;                /* ring row: [A2 | A3] (2d), or A2 alone (d) when A3 = A2 */
+  int ld_fwd, ld_bwd;       /* [A3 | A2 | R23]: 2d + d^2;  [A2 | R22]: d + npair */
+  int fused;                /* the key set is one chunk: one pass, tables kept */
+  int tab_fwd_ready, tab_bwd_ready; /* fused only: the tables hold the whole key set */
+  int t1_used;              /* parts.t1 was written by an exact Hessian (GN leaves it 0) */
+  ar_ring *ring;
+  double *kv_own;           /* this rank's [A2 | A3] rows (NULL when A3 = A2: then A2 itself) */
+  /* one row each for this rank's query rows */
+  double *a1x;              /* A1 X */
+  double *fwd;              /* F [A3 | A2 | R23] = [P | beta | F R23]; loss, gradient: P alone */
+  double *bwd;              /* W [A2 | R22] = [W A2 | A2^T diag(w_j) A2 over pairs]; GN, gradient: W A2 */
+  double *rmax, *rsum, *lse; /* online softmax: running max and sum of exp(s - max); log-sum-exp */
+  double *resid;            /* C = P Y - B */
+  double *fu;               /* fu_j = f_j . u_j */
+  /* one row each for the key rows of a chunk */
+  double *tab_fwd;          /* [A3 | A2 | R23], R23[l,(q,k)] = a2_lq a3_lk */
+  double *tab_bwd;          /* [A2 | R22],      R22[l,{q<=q'}] = a2_lq a2_lq' */
+  double *vals;             /* V = A3 Y */
+  /* a tile against a chunk */
+  double *scores;           /* S, then exp(S - max) or F, then W */
+  double *cvt;              /* U = C V^T */
+  double *rescale;          /* exp(old max - new max) per row */
+  /* a tile of rows: the Hessian parts of MATH §3 */
+  double *E, *M, *MMt, *alpha, *Npair, *Kpair, *a1c, *a1p;
   ar_hess_parts parts;
-  double *red;   /* reduction buffer: loss, grad_X, grad_Y, PtP */
+  double *sums;             /* reduced: L, grad_X, grad_Y, P^T P */
 };
 
 void ar_eval_options_default(ar_eval_options *o)
 {
   memset(o, 0, sizeof *o);
   o->tile = 0;
-  o->tile_mem_mb = 32; /* small tiles keep F in cache between the passes over it */
+  o->tile_mem_mb = 32; /* small tiles keep a chunk's tables and S in cache between GEMMs */
+}
+
+int ar_eval_options_check(const ar_eval_options *o)
+{
+  AR_CHECK(o->tile >= 0, AR_ERR_USAGE, "--tile: must be >= 1, got %lld", (long long)o->tile);
+  AR_CHECK(o->chunk >= 0, AR_ERR_USAGE, "--chunk: must be >= 1, got %lld", (long long)o->chunk);
+  AR_CHECK(isfinite(o->tile_mem_mb) && o->tile_mem_mb > 0, AR_ERR_USAGE, "--tile-mem: must be > 0, got %g",
+           o->tile_mem_mb);
+  AR_CHECK(isfinite(o->lambda_x) && o->lambda_x >= 0, AR_ERR_USAGE, "--lambda-x: must be >= 0, got %g", o->lambda_x);
+  AR_CHECK(isfinite(o->lambda_y) && o->lambda_y >= 0, AR_ERR_USAGE, "--lambda-y: must be >= 0, got %g", o->lambda_y);
+  return AR_OK;
 }
 
 static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha,
@@ -60,9 +96,52 @@ static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, i
   *flops += 2.0 * (double)M * (double)N * (double)K;
 }
 
+static int eval_alloc(ar_eval ev)
+{
+  ar_problem p = ev->p;
+  const int64_t nl = p->nloc, t = ev->tile, c = ev->chunk;
+  const int d = p->d, m = p->m, np = ev->npair, w = ev->width;
+  int err = AR_OK;
+#define WORK(ptr, cnt)                                                                                     \
+  if (!err && !((ptr) = ar_work_alloc(sizeof(double) * (size_t)((cnt) > 0 ? (cnt) : 1))))                \
+    err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (use more ranks or a smaller --tile-mem)", #ptr, \
+                   8.0 * (double)(cnt) / 1048576.0)
+  if (w == 2 * d) WORK(ev->kv_own, nl * w);
+  WORK(ev->a1x, nl * d);
+  WORK(ev->fwd, nl * ev->ld_fwd);
+  WORK(ev->bwd, nl * ev->ld_bwd);
+  WORK(ev->rmax, nl);
+  WORK(ev->rsum, nl);
+  WORK(ev->lse, nl);
+  WORK(ev->resid, nl * m);
+  WORK(ev->fu, nl);
+  WORK(ev->tab_fwd, c * ev->ld_fwd);
+  WORK(ev->tab_bwd, c * ev->ld_bwd);
+  WORK(ev->vals, c * m);
+  WORK(ev->scores, t * c);
+  WORK(ev->cvt, t * c);
+  WORK(ev->rescale, t);
+  WORK(ev->E, t * d * d);
+  WORK(ev->M, t * d * m);
+  WORK(ev->MMt, d * d);
+  WORK(ev->alpha, t * d);
+  WORK(ev->Npair, t * np);
+  WORK(ev->Kpair, t * np);
+  WORK(ev->a1c, t * d * m);
+  WORK(ev->a1p, t * d * d);
+  WORK(ev->parts.hpair, (int64_t)np * np);
+  WORK(ev->parts.t1, (int64_t)d * m * d * d);
+  WORK(ev->parts.t2, (int64_t)d * d * d * m);
+  WORK(ev->parts.ptp, d * d);
+  WORK(ev->sums, 1 + 2 * d * d + d * m);
+#undef WORK
+  return err;
+}
+
 int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
 {
   *out = NULL;
+  AR_CALL(ar_error_agree(p->comm, ar_eval_options_check(opt)));
   int err = AR_OK;
   ar_eval ev = calloc(1, sizeof *ev);
   if (!ev) err = AR_ERROR(AR_ERR_MEM, "out of memory creating the evaluator");
@@ -70,64 +149,26 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
     *out = ev;
     ev->p = p;
     ev->opt = *opt;
-    const int64_t n = p->n;
-    const int d = p->d, m = p->m, npair = d * (d + 1) / 2;
-    ev->npair = npair;
-    const int64_t t = ar_plan_tile_rows(n, d, m, p->size, opt->tile, opt->tile_mem_mb);
-    ev->tile = t;
-    /* int overflow guard for BLAS: every GEMM dimension and leading dimension must fit in int */
-    if ((double)n * d * d > 2147483647.0 || (double)t * n > 9.0e15 || (double)d * d * m > 2147483647.0)
-      err = AR_ERROR(AR_ERR_DATA, "problem too large for 32-bit BLAS indices (n=%lld d=%d m=%d)", (long long)n, d, m);
+    const int d = p->d, m = p->m;
+    ev->npair = d * (d + 1) / 2;
+    ev->width = p->a3 == p->a2 ? d : 2 * d;
+    ev->ld_fwd = 2 * d + d * d, ev->ld_bwd = d + ev->npair;
+    ar_plan_tiles(p->n, d, m, p->size, opt->tile, opt->chunk, opt->tile_mem_mb, &ev->tile, &ev->chunk);
+    ev->fused = p->size == 1 && ev->chunk >= p->n;
+    ev->parts.d = d, ev->parts.m = m, ev->parts.npair = ev->npair;
+    /* every BLAS dimension and leading dimension must fit in an int */
+    const double big = (double)ev->tile * ev->chunk + (double)ev->chunk * ev->ld_fwd + (double)d * m * d * d;
+    if (big > 2147483647.0 || ev->tile > 2147483647 / (d > m ? d : m))
+      err = AR_ERROR(AR_ERR_DATA, "tiles too large for 32-bit BLAS indices (tile %lld x %lld, d=%d m=%d)",
+                     (long long)ev->tile, (long long)ev->chunk, d, m);
   }
-  if (!err) {
-    const int64_t n = p->n, r = ev->tile;
-    const int d = p->d, m = p->m, np = ev->npair;
-#define ALLOC(ptr, cnt) \
-  if (!err && !((ptr) = calloc((cnt) > 0 ? (size_t)(cnt) : 1, sizeof(double)))) \
-    err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (reduce --tile or n)", #ptr, 8.0 * (double)(cnt) / 1048576.0)
-/* the large arrays come from ar_work_alloc (memory.c) */
-#define WORK(ptr, cnt) \
-  if (!err && !((ptr) = ar_work_alloc(sizeof(double) * (size_t)(cnt)))) \
-    err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (reduce --tile or n)", #ptr, 8.0 * (double)(cnt) / 1048576.0)
-    ev->ld3 = 2 * d + d * d, ev->ld2 = d + np;
-    WORK(ev->t3, n * ev->ld3);
-    WORK(ev->t2, n * ev->ld2);
-    ALLOC(ev->v, n * m);
-    WORK(ev->s, r * n);
-    WORK(ev->u, r * n);
-    ALLOC(ev->t1x, r * d);
-    ALLOC(ev->pt, r * d);
-    ALLOC(ev->ct, r * m);
-    ALLOC(ev->ft, r * ev->ld3);
-    ALLOC(ev->wt, r * ev->ld2);
-    ALLOC(ev->beta, r * d);
-    ALLOC(ev->alpha, r * d);
-    ALLOC(ev->fu, r);
-    ALLOC(ev->e, r * d * d);
-    ALLOC(ev->mm, r * d * m);
-    ALLOC(ev->nsym, r * np);
-    ALLOC(ev->k, r * np);
-    ALLOC(ev->z1, r * d * m);
-    ALLOC(ev->z2, r * d * d);
-    ALLOC(ev->mmt, d * d);
-    ALLOC(ev->parts.hpair, (int64_t)np * np);
-    ALLOC(ev->parts.t1, (int64_t)d * m * d * d);
-    ALLOC(ev->parts.t2, (int64_t)d * d * d * m);
-    ALLOC(ev->parts.ptp, d * d);
-    ALLOC(ev->red, 1 + 2 * d * d + d * m);
-#undef ALLOC
-#undef WORK
-    ev->parts.d = d, ev->parts.m = m, ev->parts.npair = np;
-    if (!err) {
-      const double *a2 = p->a2, *a3 = p->a3;
-      for (int64_t l = 0; l < n; l++) {
-        double *t3 = ev->t3 + l * ev->ld3;
-        for (int q = 0; q < d; q++) {
-          t3[q] = a3[l * d + q], t3[d + q] = a2[l * d + q];
-          for (int k = 0; k < d; k++) t3[2 * d + q * d + k] = a2[l * d + q] * a3[l * d + k];
-        }
-      }
-    }
+  if (!err) err = ar_ring_create(p->comm, p->n, ev->width, &ev->ring);
+  if (!err) err = eval_alloc(ev);
+  if (!err && ev->kv_own) {
+    const int d = p->d;
+    for (int64_t j = 0; j < p->nloc; j++)
+      for (int q = 0; q < d; q++)
+        ev->kv_own[j * 2 * d + q] = p->a2[j * d + q], ev->kv_own[j * 2 * d + d + q] = p->a3[j * d + q];
   }
   err = ar_error_agree(p->comm, err);
   if (err) ar_eval_destroy(out);
@@ -138,174 +179,321 @@ void ar_eval_destroy(ar_eval *pev)
 {
   ar_eval ev = *pev;
   if (!ev) return;
-  double *work[] = {ev->t3, ev->t2, ev->s, ev->u};
+  double *work[] = {ev->kv_own, ev->a1x, ev->fwd, ev->bwd, ev->rmax, ev->rsum, ev->lse, ev->resid, ev->fu,
+                    ev->tab_fwd, ev->tab_bwd, ev->vals, ev->scores, ev->cvt, ev->rescale, ev->E, ev->M, ev->MMt,
+                    ev->alpha, ev->Npair, ev->Kpair, ev->a1c, ev->a1p, ev->parts.hpair, ev->parts.t1,
+                    ev->parts.t2, ev->parts.ptp, ev->sums};
   for (size_t i = 0; i < sizeof work / sizeof work[0]; i++) ar_work_free(work[i]);
-  double *bufs[] = {ev->v, ev->t1x, ev->pt, ev->ct, ev->ft, ev->wt, ev->beta,
-                    ev->alpha, ev->fu, ev->e, ev->mm, ev->nsym, ev->k, ev->z1, ev->z2, ev->mmt,
-                    ev->parts.hpair, ev->parts.t1, ev->parts.t2, ev->parts.ptp, ev->red};
-  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
   ar_hess_parts_free(&ev->parts);
+  ar_ring_destroy(&ev->ring);
   free(ev);
   *pev = NULL;
 }
 
 int64_t ar_eval_tile(ar_eval ev) { return ev->tile; }
-
+int64_t ar_eval_chunk(ar_eval ev) { return ev->chunk; }
 ar_problem ar_eval_problem(ar_eval ev) { return ev->p; }
 
-/* [A2 | R22] is only needed by the exact Hessian: built at its first use, so a Gauss-Newton
- * or gradient-only run never touches (and never faults in) its pages. */
-static void build_t2(ar_eval ev)
+/* Tables of a chunk of key rows kv (rows x width: A2, then A3 unless A3 = A2). */
+static void build_tab_fwd(ar_eval ev, const double *kv, int64_t rows)
 {
-  const int64_t n = ev->p->n;
-  const int d = ev->p->d;
-  const double *a2 = ev->p->a2;
-  for (int64_t l = 0; l < n; l++) {
-    double *t2 = ev->t2 + l * ev->ld2;
+  const int d = ev->p->d, w = ev->width, a3off = w == d ? 0 : d;
+  for (int64_t l = 0; l < rows; l++) {
+    const double *a2 = kv + l * w, *a3 = a2 + a3off;
+    double *t = ev->tab_fwd + l * ev->ld_fwd;
     for (int q = 0; q < d; q++) {
-      t2[q] = a2[l * d + q];
-      for (int qq = q; qq < d; qq++) t2[d + ar_pair(d, q, qq)] = a2[l * d + q] * a2[l * d + qq];
+      t[q] = a3[q], t[d + q] = a2[q];
+      for (int k = 0; k < d; k++) t[2 * d + q * d + k] = a2[q] * a3[k];
     }
   }
-  ev->t2_ready = 1;
 }
 
-/* Forward pass of one tile: F (in ev->s) and P = F A3 (in ev->pt); with_hess: also
- * beta = F A2 and F R23 (in ev->ft), from one GEMM against [A3 | A2 | R23]. */
-static void tile_forward(ar_eval ev, const double *X, const double *a1t, int64_t r, int with_hess, double *flops)
+static void build_tab_bwd(ar_eval ev, const double *kv, int64_t rows)
+{
+  const int d = ev->p->d, w = ev->width;
+  for (int64_t l = 0; l < rows; l++) {
+    const double *a2 = kv + l * w;
+    double *t = ev->tab_bwd + l * ev->ld_bwd;
+    for (int q = 0; q < d; q++) {
+      t[q] = a2[q];
+      for (int qq = q; qq < d; qq++) t[d + ar_pair(d, q, qq)] = a2[q] * a2[qq];
+    }
+  }
+}
+
+/* The right-hand side of the forward GEMM for a chunk: the table, or A3 inside kv. */
+static const double *fwd_operand(ar_eval ev, const double *kv, int64_t rows, int lda, int *ld)
+{
+  if (lda == ev->ld_fwd) {
+    if (!ev->tab_fwd_ready) build_tab_fwd(ev, kv, rows);
+    ev->tab_fwd_ready = ev->fused;
+    *ld = ev->ld_fwd;
+    return ev->tab_fwd;
+  }
+  *ld = ev->width;
+  return kv + (ev->width == ev->p->d ? 0 : ev->p->d);
+}
+
+static const double *bwd_operand(ar_eval ev, const double *kv, int64_t rows, int ldb, int *ld)
+{
+  if (ldb == ev->ld_bwd) {
+    if (!ev->tab_bwd_ready) build_tab_bwd(ev, kv, rows);
+    ev->tab_bwd_ready = ev->fused;
+    *ld = ev->ld_bwd;
+    return ev->tab_bwd;
+  }
+  *ld = ev->width;
+  return kv;
+}
+
+/* Rows [j0, j0 + r) after the forward pass: C = P Y - B, L += ||C||^2, fu = c . (P Y). */
+static void finish_rows(ar_eval ev, const double *Y, int64_t j0, int64_t r, int lda, double *loss, double *flops)
+{
+  ar_problem p = ev->p;
+  const int d = p->d, m = p->m;
+  double *C = ev->resid + j0 * m;
+  memcpy(C, p->b + j0 * m, sizeof(double) * r * m);
+  gemm(CblasNoTrans, CblasNoTrans, r, m, d, 1.0, ev->fwd + j0 * lda, lda, Y, m, -1.0, C, m, flops);
+  for (int64_t j = 0; j < r; j++) {
+    double s = 0, f = 0;
+    for (int i = 0; i < m; i++) {
+      const double c = C[j * m + i];
+      s += c * c, f += c * (c + p->b[(j0 + j) * m + i]); /* P Y = C + B */
+    }
+    *loss += s;
+    ev->fu[j0 + j] = f;
+  }
+}
+
+/* W = F o (U - fu 1^T) for rows [j0, j0 + r) of a tile (F in scores), then bwd += W T. */
+static void backward_tile(ar_eval ev, int64_t j0, int64_t r, const double *vals, int64_t cr, const double *T,
+                          int ldt, int ldb, double beta, double *flops)
+{
+  const int m = ev->p->m;
+  gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, ev->resid + j0 * m, m, vals, m, 0.0, ev->cvt, cr, flops);
+  for (int64_t j = 0; j < r; j++) {
+    double *w = ev->scores + j * cr;
+    const double *u = ev->cvt + j * cr, fu = ev->fu[j0 + j];
+    for (int64_t l = 0; l < cr; l++) w[l] *= u[l] - fu;
+  }
+  gemm(CblasNoTrans, CblasNoTrans, r, ldb, cr, 1.0, ev->scores, cr, T, ldt, beta, ev->bwd + j0 * ldb, ldb, flops);
+}
+
+/* One rank, one chunk: per tile, the softmax rows whole, then forward and backward with F in
+ * hand (nothing recomputed). */
+static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_grad, double *loss, double *flops)
 {
   ar_problem p = ev->p;
   const int64_t n = p->n;
-  const int d = p->d, ld3 = ev->ld3;
-  gemm(CblasNoTrans, CblasNoTrans, r, d, d, 1.0, a1t, d, X, d, 0.0, ev->t1x, d, flops);
-  gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->t1x, d, p->a2, d, 0.0, ev->s, n, flops);
-  ar_softmax_rows(ev->s, r, n);
-  if (!with_hess) {
-    gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, ev->s, n, ev->t3, ld3, 0.0, ev->pt, d, flops);
-    return;
+  const int d = p->d, m = p->m;
+  int ldt, ldt2;
+  const double *kv = ev->kv_own ? ev->kv_own : p->a2;
+  const double *T = fwd_operand(ev, kv, n, lda, &ldt), *T2 = NULL;
+  if (want_grad && Y) {
+    T2 = bwd_operand(ev, kv, n, ldb, &ldt2);
+    gemm(CblasNoTrans, CblasNoTrans, n, m, d, 1.0, kv + (ev->width == d ? 0 : d), ev->width, Y, m, 0.0, ev->vals, m,
+         flops);
   }
-  gemm(CblasNoTrans, CblasNoTrans, r, ld3, n, 1.0, ev->s, n, ev->t3, ld3, 0.0, ev->ft, ld3, flops);
-  for (int64_t j = 0; j < r; j++)
-    for (int q = 0; q < d; q++) ev->pt[j * d + q] = ev->ft[j * ld3 + q], ev->beta[j * d + q] = ev->ft[j * ld3 + d + q];
+  for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
+    const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
+    gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, n, flops);
+    ar_softmax_rows(ev->scores, r, n);
+    gemm(CblasNoTrans, CblasNoTrans, r, lda, n, 1.0, ev->scores, n, T, ldt, 0.0, ev->fwd + j0 * lda, lda, flops);
+    if (Y) finish_rows(ev, Y, j0, r, lda, loss, flops);
+    if (T2) backward_tile(ev, j0, r, ev->vals, n, T2, ldt2, ldb, 0.0, flops);
+  }
 }
 
-/* Hessian parts of one tile (ft, wt, P, beta, alpha, C, fu already there). */
-static void tile_hessian(ar_eval ev, const double *Y, const double *a1t, int64_t r, ar_hessian_kind hk,
+/* Forward trip around the ring: online softmax, fwd = F [A3 | A2 | R23] (or F A3). */
+static int forward_trip(ar_eval ev, int lda, double *flops)
+{
+  ar_problem p = ev->p;
+  const int d = p->d, w = ev->width;
+  for (int64_t j = 0; j < p->nloc; j++) ev->rmax[j] = -INFINITY, ev->rsum[j] = 0;
+  memset(ev->fwd, 0, sizeof(double) * p->nloc * lda);
+  AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
+  while (ar_ring_active(ev->ring)) {
+    int64_t first, rows;
+    const double *block = ar_ring_block(ev->ring, &first, &rows);
+    for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk) {
+      const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
+      const double *kv = block + c0 * w;
+      int ldt;
+      const double *T = fwd_operand(ev, kv, cr, lda, &ldt);
+      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
+        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
+        gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
+        ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
+        for (int64_t j = 0; j < r; j++)
+          if (ev->rescale[j] != 1.0)
+            for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
+        gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, T, ldt, 1.0, ev->fwd + j0 * lda, lda, flops);
+        ar_ring_progress(ev->ring);
+      }
+    }
+    AR_CALL(ar_ring_next(ev->ring));
+  }
+  for (int64_t j = 0; j < p->nloc; j++) {
+    const double s = 1.0 / ev->rsum[j];
+    for (int k = 0; k < lda; k++) ev->fwd[j * lda + k] *= s;
+    ev->lse[j] = ev->rmax[j] + log(ev->rsum[j]);
+  }
+  return AR_OK;
+}
+
+/* Backward trip: F recomputed from the saved log-sum-exp, bwd = W [A2 | R22] (or W A2). */
+static int backward_trip(ar_eval ev, const double *Y, int ldb, double *flops)
+{
+  ar_problem p = ev->p;
+  const int d = p->d, m = p->m, w = ev->width;
+  AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
+  int first_chunk = 1;
+  while (ar_ring_active(ev->ring)) {
+    int64_t first, rows;
+    const double *block = ar_ring_block(ev->ring, &first, &rows);
+    for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk, first_chunk = 0) {
+      const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
+      const double *kv = block + c0 * w;
+      int ldt;
+      const double *T = bwd_operand(ev, kv, cr, ldb, &ldt);
+      gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, Y, m, 0.0, ev->vals, m, flops);
+      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
+        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
+        gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
+        ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
+        backward_tile(ev, j0, r, ev->vals, cr, T, ldt, ldb, first_chunk ? 0.0 : 1.0, flops);
+        ar_ring_progress(ev->ring);
+      }
+    }
+    AR_CALL(ar_ring_next(ev->ring));
+  }
+  return AR_OK;
+}
+
+/* Hessian parts of rows [j0, j0 + r) (fwd, bwd, C, fu, alpha already there). */
+static void tile_hessian(ar_eval ev, const double *Y, int64_t j0, int64_t r, int lda, int ldb, ar_hessian_kind hk,
                          double *flops)
 {
   ar_problem p = ev->p;
   const int d = p->d, m = p->m, np = ev->npair, dd = d * d, dm = d * m;
   const int exact = hk == AR_HESS_EXACT;
-  double *E = ev->e, *M = ev->mm;
-  for (int64_t j = 0; j < r; j++) {
-    const double *fr23 = ev->ft + j * ev->ld3 + 2 * d;
+  const double *a1t = p->a1 + j0 * d, *fwd = ev->fwd + j0 * lda, *C = ev->resid + j0 * m;
+  double *E = ev->E, *M = ev->M;
+  for (int64_t j = 0; j < r; j++) { /* E_j = F R23 - beta p^T */
+    const double *fr23 = fwd + j * lda + 2 * d, *P = fwd + j * lda, *beta = fwd + j * lda + d;
     for (int q = 0; q < d; q++)
-      for (int k = 0; k < d; k++) E[j * dd + q * d + k] = fr23[q * d + k] - ev->beta[j * d + q] * ev->pt[j * d + k];
+      for (int k = 0; k < d; k++) E[j * dd + q * d + k] = fr23[q * d + k] - beta[q] * P[k];
   }
   gemm(CblasNoTrans, CblasNoTrans, r * d, m, d, 1.0, E, d, Y, m, 0.0, M, m, flops);
-  /* N_j over symmetric pairs, and K_j = a1_j a1_j^T over symmetric pairs */
+  /* N_j and K_j = a1_j a1_j^T over symmetric pairs */
   for (int64_t j = 0; j < r; j++) {
-    const double *Mj = M + j * dm, *al = ev->alpha + j * d, *be = ev->beta + j * d, *a1j = a1t + j * d;
-    double *Nj = ev->nsym + j * np, *Kj = ev->k + j * np, fu = ev->fu[j], *mmt = ev->mmt;
+    const double *Mj = M + j * dm, *al = ev->alpha + j * d, *be = fwd + j * lda + d, *a1j = a1t + j * d;
+    const double *wr22 = ev->bwd + (j0 + j) * ldb + d, fu = ev->fu[j0 + j];
+    double *Nj = ev->Npair + j * np, *Kj = ev->Kpair + j * np, *mmt = ev->MMt;
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, d, m, 1.0, Mj, m, 0.0, mmt, d); /* M_j M_j^T */
     for (int q = 0; q < d; q++)
       for (int qq = q; qq < d; qq++) {
-        double t = exact ? ev->wt[j * ev->ld2 + d + ar_pair(d, q, qq)] - al[q] * be[qq] - be[q] * al[qq] +
-                               2 * fu * be[q] * be[qq]
-                         : 0.0;
-        Nj[ar_pair(d, q, qq)] = 2 * (mmt[q * d + qq] + t);
-        Kj[ar_pair(d, q, qq)] = a1j[q] * a1j[qq];
+        const int pq = ar_pair(d, q, qq);
+        double t = exact ? wr22[pq] - al[q] * be[qq] - be[q] * al[qq] + 2 * fu * be[q] * be[qq] : 0.0; /* T_j */
+        Nj[pq] = 2 * (mmt[q * d + qq] + t);
+        Kj[pq] = a1j[q] * a1j[qq];
       }
     *flops += (double)np * (2.0 * m + 8); /* dsyrk + the pair loop */
   }
-  gemm(CblasTrans, CblasNoTrans, np, np, r, 1.0, ev->k, np, ev->nsym, np, 1.0, ev->parts.hpair, np, flops);
-  /* H_xy terms: Z1[j,(p,i)] = a1_jp C[j,i] (exact only), Z2[j,(p,k)] = a1_jp P[j,k] */
+  gemm(CblasTrans, CblasNoTrans, np, np, r, 1.0, ev->Kpair, np, ev->Npair, np, 1.0, ev->parts.hpair, np, flops);
+  /* H_xy terms: a1c[j,(p,i)] = a1_jp C[j,i] (exact only), a1p[j,(p,k)] = a1_jp P[j,k] */
   for (int64_t j = 0; j < r; j++)
     for (int pp = 0; pp < d; pp++) {
-      double a = a1t[j * d + pp];
+      const double a = a1t[j * d + pp];
       if (exact)
-        for (int i = 0; i < m; i++) ev->z1[j * dm + pp * m + i] = a * ev->ct[j * m + i];
-      for (int k = 0; k < d; k++) ev->z2[j * dd + pp * d + k] = a * ev->pt[j * d + k];
+        for (int i = 0; i < m; i++) ev->a1c[j * dm + pp * m + i] = a * C[j * m + i];
+      for (int k = 0; k < d; k++) ev->a1p[j * dd + pp * d + k] = a * fwd[j * lda + k];
     }
-  if (exact) gemm(CblasTrans, CblasNoTrans, dm, dd, r, 1.0, ev->z1, dm, E, dd, 1.0, ev->parts.t1, dd, flops);
-  gemm(CblasTrans, CblasNoTrans, dd, dm, r, 1.0, ev->z2, dd, M, dm, 1.0, ev->parts.t2, dm, flops);
+  if (exact) gemm(CblasTrans, CblasNoTrans, dm, dd, r, 1.0, ev->a1c, dm, E, dd, 1.0, ev->parts.t1, dd, flops);
+  gemm(CblasTrans, CblasNoTrans, dd, dm, r, 1.0, ev->a1p, dd, M, dm, 1.0, ev->parts.t2, dm, flops);
+}
+
+/* Per row tile after both passes: gradient sums, P^T P, and the Hessian parts. */
+static void finish_gradient(ar_eval ev, const double *Y, int lda, int ldb, ar_hessian_kind hk, double *flops,
+                            double *t_hess)
+{
+  ar_problem p = ev->p;
+  const int d = p->d, m = p->m, dd = d * d;
+  double *gX = ev->sums + 1, *gY = gX + dd, *ptp = gY + d * m;
+  for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
+    const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
+    const double *a1t = p->a1 + j0 * d, *P = ev->fwd + j0 * lda, *C = ev->resid + j0 * m, *WA2 = ev->bwd + j0 * ldb;
+    gemm(CblasTrans, CblasNoTrans, d, d, r, 2.0, a1t, d, WA2, ldb, 1.0, gX, d, flops);
+    gemm(CblasTrans, CblasNoTrans, d, m, r, 2.0, P, lda, C, m, 1.0, gY, m, flops);
+    gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, P, lda, P, lda, 1.0, ptp, d, flops);
+    if (hk == AR_HESS_NONE) continue;
+    const double th = ar_wtime();
+    for (int64_t j = 0; j < r; j++) /* alpha = A2^T (f o u) = W A2 + fu beta */
+      for (int q = 0; q < d; q++) ev->alpha[j * d + q] = WA2[j * ldb + q] + ev->fu[j0 + j] * P[j * lda + d + q];
+    tile_hessian(ev, Y, j0, r, lda, ldb, hk, flops);
+    *t_hess += ar_wtime() - th;
+  }
+}
+
+/* Collective: the forward pass (and the backward one if want_grad) into fwd, bwd, C, fu. */
+static int passes(ar_eval ev, const double *X, const double *Y, int lda, int ldb, int want_grad, double *loss,
+                  double *flops)
+{
+  ar_problem p = ev->p;
+  const int d = p->d;
+  gemm(CblasNoTrans, CblasNoTrans, p->nloc, d, d, 1.0, p->a1, d, X, d, 0.0, ev->a1x, d, flops);
+  *loss = 0;
+  if (ev->fused) {
+    fused_pass(ev, Y, lda, ldb, want_grad, loss, flops);
+    return AR_OK;
+  }
+  AR_CALL(forward_trip(ev, lda, flops));
+  if (Y)
+    for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile)
+      finish_rows(ev, Y, j0, p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile, lda, loss, flops);
+  if (want_grad) AR_CALL(backward_trip(ev, Y, ldb, flops));
+  return AR_OK;
 }
 
 int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, ar_eval_out *out)
 {
   ar_problem p = ev->p;
-  const int64_t n = p->n;
   const int d = p->d, m = p->m, dd = d * d, dm = d * m;
   AR_CHECK(hk == AR_HESS_NONE || hk == AR_HESS_EXACT || hk == AR_HESS_GAUSS_NEWTON, AR_ERR_INTERNAL,
            "ar_eval_compute: Hessian kind %d (auto is a solver choice)", (int)hk);
   const int want_grad = out->grad != NULL || hk != AR_HESS_NONE;
-  double flops = 0, t0 = ar_wtime();
-  double *red = ev->red, *gX = red + 1, *gY = red + 1 + dd, *ptp = red + 1 + dd + dm;
-  memset(red, 0, sizeof(double) * (1 + 2 * dd + dm));
+  const int lda = hk != AR_HESS_NONE ? ev->ld_fwd : d, ldb = hk == AR_HESS_EXACT ? ev->ld_bwd : d;
+  double flops = 0, t_hess = 0, t0 = ar_wtime(), ring0 = ar_ring_wait_seconds(ev->ring);
+  double *sums = ev->sums, *gX = sums + 1, *gY = sums + 1 + dd;
+  memset(sums, 0, sizeof(double) * (1 + 2 * dd + dm));
   if (hk != AR_HESS_NONE) {
     memset(ev->parts.hpair, 0, sizeof(double) * ev->npair * ev->npair);
-    if (hk == AR_HESS_EXACT || ev->t1_used) /* Gauss-Newton: t1 stays 0 (calloc) */
-      memset(ev->parts.t1, 0, sizeof(double) * dd * dm);
+    if (hk == AR_HESS_EXACT || ev->t1_used) memset(ev->parts.t1, 0, sizeof(double) * dd * dm); /* GN: stays 0 */
     ev->t1_used = hk == AR_HESS_EXACT;
     memset(ev->parts.t2, 0, sizeof(double) * dd * dm);
   }
-  if (hk == AR_HESS_EXACT && !ev->t2_ready) build_t2(ev);
-  gemm(CblasNoTrans, CblasNoTrans, n, m, d, 1.0, p->a3, d, Y, m, 0.0, ev->v, m, &flops);
-  double t_hess = 0;
-  for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-    const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-    const double *a1t = p->a1 + j0 * d, *bt = p->b + j0 * m;
-    tile_forward(ev, X, a1t, r, hk != AR_HESS_NONE, &flops);
-    double *C = ev->ct;
-    memcpy(C, bt, sizeof(double) * r * m);
-    gemm(CblasNoTrans, CblasNoTrans, r, m, d, 1.0, ev->pt, d, Y, m, -1.0, C, m, &flops);
-    for (int64_t i = 0; i < r * m; i++) red[0] += C[i] * C[i];
-    if (!want_grad) continue;
-    double *F = ev->s, *U = ev->u;
-    gemm(CblasNoTrans, CblasTrans, r, n, m, 1.0, C, m, ev->v, m, 0.0, U, n, &flops);
-    for (int64_t j = 0; j < r; j++) {
-      double s = 0;
-      for (int64_t l = 0; l < n; l++) s += (U[j * n + l] *= F[j * n + l]);
-      ev->fu[j] = s;
-    }
-    for (int64_t j = 0; j < r; j++)
-      for (int64_t l = 0; l < n; l++) U[j * n + l] -= F[j * n + l] * ev->fu[j]; /* W = G / 2 */
-    const int ld2 = ev->ld2;
-    if (hk == AR_HESS_EXACT) /* W [A2 | R22]; otherwise W A2 alone */
-      gemm(CblasNoTrans, CblasNoTrans, r, ld2, n, 1.0, U, n, ev->t2, ld2, 0.0, ev->wt, ld2, &flops);
-    else
-      gemm(CblasNoTrans, CblasNoTrans, r, d, n, 1.0, U, n, p->a2, d, 0.0, ev->wt, ld2, &flops);
-    gemm(CblasTrans, CblasNoTrans, d, d, r, 2.0, a1t, d, ev->wt, ld2, 1.0, gX, d, &flops);
-    if (hk != AR_HESS_NONE)
-      for (int64_t j = 0; j < r; j++)
-        for (int q = 0; q < d; q++) ev->alpha[j * d + q] = ev->wt[j * ld2 + q] + ev->fu[j] * ev->beta[j * d + q];
-    gemm(CblasTrans, CblasNoTrans, d, m, r, 2.0, ev->pt, d, C, m, 1.0, gY, m, &flops);
-    gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, ev->pt, d, ev->pt, d, 1.0, ptp, d, &flops);
-    if (hk != AR_HESS_NONE) {
-      double th = ar_wtime();
-      tile_hessian(ev, Y, a1t, r, hk, &flops);
-      t_hess += ar_wtime() - th;
-    }
-  }
+  AR_CALL(passes(ev, X, Y, lda, ldb, want_grad, &sums[0], &flops));
+  if (want_grad) finish_gradient(ev, Y, lda, ldb, hk, &flops, &t_hess);
   double t1 = ar_wtime();
   const int nred = want_grad ? 1 + 2 * dd + dm : 1;
-  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, red, nred, MPI_DOUBLE, MPI_SUM, p->comm));
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, nred, MPI_DOUBLE, MPI_SUM, p->comm));
   double lx = ev->opt.lambda_x, ly = ev->opt.lambda_y, rx = 0, ry = 0;
   for (int i = 0; i < dd; i++) rx += X[i] * X[i];
   for (int i = 0; i < dm; i++) ry += Y[i] * Y[i];
-  out->loss = red[0] + lx * rx + ly * ry;
+  out->loss = sums[0] + lx * rx + ly * ry;
   if (out->grad) {
     for (int i = 0; i < dd; i++) out->grad[i] = gX[i] + 2 * lx * X[i];
     for (int i = 0; i < dm; i++) out->grad[dd + i] = gY[i] + 2 * ly * Y[i];
   }
   double t2 = ar_wtime(), t_hred = 0;
   if (hk != AR_HESS_NONE) {
-    memcpy(ev->parts.ptp, ptp, sizeof(double) * dd); /* already global: hessian.c adds it once */
+    memcpy(ev->parts.ptp, gY + dm, sizeof(double) * dd); /* already global: hessian.c adds it once */
     AR_CALL(ar_hess_assemble(p->comm, &ev->parts, lx, ly, out->hess, &t_hred));
   }
   double t3 = ar_wtime();
   out->flops = flops;
-  out->t_kernel = (t1 - t0) - t_hess;
+  out->t_ring = ar_ring_wait_seconds(ev->ring) - ring0;
+  out->t_kernel = (t1 - t0) - t_hess - out->t_ring;
   out->t_hess = t_hess + (t3 - t2) - t_hred;
   out->t_reduce = (t2 - t1) + t_hred;
   return AR_OK;
@@ -315,15 +503,12 @@ int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *P
 {
   ar_problem p = ev->p;
   const int d = p->d, m = p->m;
-  double flops = 0;
+  double flops = 0, loss;
   memset(PtP, 0, sizeof(double) * d * d);
   memset(PtB, 0, sizeof(double) * d * m);
-  for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-    const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-    tile_forward(ev, X, p->a1 + j0 * d, r, 0, &flops);
-    gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, ev->pt, d, ev->pt, d, 1.0, PtP, d, &flops);
-    gemm(CblasTrans, CblasNoTrans, d, m, r, 1.0, ev->pt, d, p->b + j0 * m, m, 1.0, PtB, m, &flops);
-  }
+  AR_CALL(passes(ev, X, NULL, d, d, 0, &loss, &flops)); /* P alone */
+  gemm(CblasTrans, CblasNoTrans, d, d, p->nloc, 1.0, ev->fwd, d, ev->fwd, d, 1.0, PtP, d, &flops);
+  gemm(CblasTrans, CblasNoTrans, d, m, p->nloc, 1.0, ev->fwd, d, p->b, m, 1.0, PtB, m, &flops);
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, PtP, d * d, MPI_DOUBLE, MPI_SUM, p->comm));
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, PtB, d * m, MPI_DOUBLE, MPI_SUM, p->comm));
   return AR_OK;

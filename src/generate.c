@@ -7,23 +7,17 @@
 #include <string.h>
 
 #include "error.h"
+#include "hash.h"
 #include "npy.h"
 #include "output.h"
 
 enum { STREAM_A1 = 1, STREAM_A2, STREAM_A3, STREAM_X = 10, STREAM_Y, STREAM_NOISE, STREAM_X0 };
 
-static uint64_t mix64(uint64_t z)
-{
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 /* Uniform in (0, 1]: 53 random bits. */
 static double uniform(uint64_t seed, uint64_t stream, uint64_t i)
 {
-  uint64_t h = mix64(mix64(seed ^ 0x9e3779b97f4a7c15ULL) ^ mix64(stream * 0xd1b54a32d192ed03ULL + 1) ^ i);
-  h = mix64(h + i * 0x9e3779b97f4a7c15ULL);
+  uint64_t h = ar_mix64(ar_mix64(seed ^ 0x9e3779b97f4a7c15ULL) ^ ar_mix64(stream * 0xd1b54a32d192ed03ULL + 1) ^ i);
+  h = ar_mix64(h + i * 0x9e3779b97f4a7c15ULL);
   return ((h >> 11) + 1) * 0x1.0p-53;
 }
 

@@ -36,7 +36,7 @@ int ar_grid_create(MPI_Comm comm, int pr, int pc, ar_grid *out)
   AR_CHECK(pr * pc == size, AR_ERR_USAGE, "--grid %dx%d needs %d ranks, but the job has %d", pr, pc, pr * pc, size);
   ar_grid g;
   AR_MALLOC(g, 1);
-  MPI_Comm_dup(comm, &g->comm);
+  AR_CALL_MPI(MPI_Comm_dup(comm, &g->comm));
   g->rank = rank, g->size = size, g->pr = pr, g->pc = pc;
   g->ctxt = Csys2blacs_handle(g->comm);
   Cblacs_gridinit(&g->ctxt, "Row", pr, pc);
@@ -119,7 +119,7 @@ int ar_dmat_write_npy(ar_dmat A, const char *path)
   int darg[2] = {A->nb, A->nb}, ps[2] = {g->pr, g->pc};
   MPI_Datatype ft;
   AR_CALL_MPI(MPI_Type_create_darray(g->size, g->rank, 2, gs, dist, darg, ps, MPI_ORDER_FORTRAN, MPI_DOUBLE, &ft));
-  MPI_Type_commit(&ft);
+  AR_CALL_MPI(MPI_Type_commit(&ft));
   MPI_File fh;
   int err = MPI_File_open(g->comm, path, MPI_MODE_CREATE | MPI_MODE_WRONLY, MPI_INFO_NULL, &fh);
   if (err != MPI_SUCCESS) {

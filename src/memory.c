@@ -10,7 +10,8 @@
  * n = 4096, d = m = 32 huge pages made the Hessian part of every evaluation ≈ 20 % slower here
  * (three runs out of three).  Where THP is unavailable the advice is ignored.
  *
- * Each block is its own anonymous mapping (zero-filled, faulted lazily): a header just below
+ * Arrays below AR_HEAP_MAX come from the heap (many small per-row arrays would otherwise each
+ * take a 2 MB page).  Each larger block is its own anonymous mapping (zero-filled, faulted lazily): a header just below
  * the aligned start, in the mapping's slack, records the mapping for ar_work_free. */
 #define _GNU_SOURCE
 #include "memory.h"
@@ -32,18 +33,26 @@
 void *ar_work_alloc(size_t bytes) { return calloc(bytes ? bytes : 1, 1); }
 void ar_work_free(void *p) { free(p); }
 #else
+#include <stdlib.h>
 
 #define HUGE_ALIGN ((size_t)2 << 20)
 #define HEADER 64
 
 typedef struct {
   void *base;
-  size_t len;
+  size_t len;  /* 0: from the heap */
 } map_header;
 
 void *ar_work_alloc(size_t bytes)
 {
   if (bytes == 0) bytes = 1;
+  if (bytes < AR_HEAP_MAX) { /* a mapping of its own would cost more than the heap */
+    char *b = calloc(1, bytes + HEADER);
+    if (!b) return NULL;
+    map_header *h = (map_header *)b;
+    h->base = b, h->len = 0;
+    return b + HEADER;
+  }
   if (bytes > SIZE_MAX - 3 * HUGE_ALIGN) return NULL;
   const int huge = bytes <= AR_HUGE_MAX;
   if (huge) bytes = (bytes + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1); /* whole huge pages: a partial one gets none */
@@ -63,6 +72,7 @@ void ar_work_free(void *p)
 {
   if (!p) return;
   map_header *h = (map_header *)((uintptr_t)p - HEADER);
-  munmap(h->base, h->len);
+  if (h->len) munmap(h->base, h->len);
+  else free(h->base);
 }
 #endif

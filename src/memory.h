@@ -4,9 +4,11 @@
 
 #include <stddef.h>
 
-/* Not collective: bytes of zeroed memory whose pages are touched (and faulted in) only when
- * used; up to AR_HUGE_MAX bytes are rounded to whole 2 MB pages, 2 MB aligned and advised for
+/* Not collective: bytes of zeroed memory.  Below AR_HEAP_MAX from the heap; larger ones are
+ * anonymous mappings whose pages are touched (and faulted in) only when used, and up to
+ * AR_HUGE_MAX bytes they are rounded to whole 2 MB pages, 2 MB aligned and advised for
  * transparent huge pages (MADV_HUGEPAGE).  NULL on failure. */
+#define AR_HEAP_MAX ((size_t)512 << 10)
 #define AR_HUGE_MAX ((size_t)4 << 20)
 void *ar_work_alloc(size_t bytes);
 void ar_work_free(void *p); /* NULL is ignored */

@@ -349,17 +349,17 @@ int ar_npy_read_rows(MPI_Comm comm, const char *path, const ar_npy_header *h, in
   int count = 0;
   if (nloc > 0 && cols > 0) {
     count = (int)nloc;
-    MPI_Type_contiguous((int)cols, etype, &rowtype);
-    MPI_Type_commit(&rowtype);
-    if (fortran) { /* column-major global rows x cols; select rows [r0, r1), all columns */
+    err = mpi_fail(MPI_Type_contiguous((int)cols, etype, &rowtype), path, "row type");
+    if (!err) err = mpi_fail(MPI_Type_commit(&rowtype), path, "row type");
+    if (fortran && !err) { /* column-major global rows x cols; select rows [r0, r1), all columns */
       int sizes[2] = {(int)h->rows, (int)cols}, sub[2] = {(int)nloc, (int)cols}, start[2] = {(int)r0, 0};
-      MPI_Type_create_subarray(2, sizes, sub, start, MPI_ORDER_FORTRAN, etype, &ftype);
-      MPI_Type_commit(&ftype);
+      err = mpi_fail(MPI_Type_create_subarray(2, sizes, sub, start, MPI_ORDER_FORTRAN, etype, &ftype), path, "view");
+      if (!err) err = mpi_fail(MPI_Type_commit(&ftype), path, "view");
     } else {
       disp += r0 * cols * es;
     }
   }
-  err = mpi_fail(MPI_File_set_view(fh, disp, etype, ftype, "native", MPI_INFO_NULL), path, "cannot set view");
+  if (!err) err = mpi_fail(MPI_File_set_view(fh, disp, etype, ftype, "native", MPI_INFO_NULL), path, "cannot set view");
   if (!(err = ar_error_agree(comm, err))) {
     MPI_Status st;
     int got = 0;
@@ -387,7 +387,7 @@ int ar_npy_write_rows(MPI_Comm comm, const char *path, int64_t rows, int64_t col
   MPI_Comm_rank(comm, &rank);
   const int64_t nloc = r1 - r0;
   int64_t total = 0;
-  MPI_Allreduce(&nloc, &total, 1, MPI_INT64_T, MPI_SUM, comm);
+  AR_CALL_MPI(MPI_Allreduce(&nloc, &total, 1, MPI_INT64_T, MPI_SUM, comm));
   if (rows < 0 || cols < 0 || r0 < 0 || r1 < r0 || r1 > rows || total != rows)
     err = AR_ERROR(AR_ERR_INTERNAL, "%s: row blocks do not tile the %lld rows ([%lld, %lld) here)", path,
                    (ll)rows, (ll)r0, (ll)r1);
@@ -406,12 +406,12 @@ int ar_npy_write_rows(MPI_Comm comm, const char *path, int64_t rows, int64_t col
   int count = 0;
   if (nloc > 0 && cols > 0) {
     count = (int)nloc;
-    MPI_Type_contiguous((int)cols, MPI_DOUBLE, &rowtype);
-    MPI_Type_commit(&rowtype);
+    err = mpi_fail(MPI_Type_contiguous((int)cols, MPI_DOUBLE, &rowtype), path, "row type");
+    if (!err) err = mpi_fail(MPI_Type_commit(&rowtype), path, "row type");
   }
   MPI_Status st;
   MPI_Offset off = (MPI_Offset)hl + r0 * cols * 8;
-  err = mpi_fail(MPI_File_write_at_all(fh, off, local, count, rowtype, &st), path, "write error");
+  if (!err) err = mpi_fail(MPI_File_write_at_all(fh, off, local, count, rowtype, &st), path, "write error");
   int cerr = mpi_fail(MPI_File_close(&fh), path, "cannot close");
   if (rowtype != MPI_DOUBLE) MPI_Type_free(&rowtype);
   return ar_error_agree(comm, err ? err : cerr);

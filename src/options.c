@@ -9,6 +9,7 @@
 #include "error.h"
 #include "output.h"
 
+/* Position of v in the '|'-separated list, or -1. */
 static int choice_index(const char *choices, const char *v)
 {
   size_t len = strlen(v);
@@ -23,6 +24,14 @@ static int choice_index(const char *choices, const char *v)
   return -1;
 }
 
+/* The enum value whose name is v (name_of is NULL past the last value). */
+static int choice_value(const ar_option *o, const char *v)
+{
+  for (int k = 0; k < 1024 && o->name_of(k); k++)
+    if (!strcmp(o->name_of(k), v)) return k;
+  return -1;
+}
+
 static int set_value(const ar_option *o, const char *v)
 {
   char *end;
@@ -32,12 +41,15 @@ static int set_value(const ar_option *o, const char *v)
     AR_CHECK(*v, AR_ERR_USAGE, "--%s: empty value", o->name);
     *(const char **)o->dest = v;
     return AR_OK;
-  case AR_OPT_INT: {
+  case AR_OPT_INT:
+  case AR_OPT_INT64: {
     errno = 0;
     long long x = strtoll(v, &end, 10);
     AR_CHECK(*v && !*end && !errno, AR_ERR_USAGE, "--%s: expected an integer, got '%s'", o->name, v);
     AR_CHECK(x >= o->min, AR_ERR_USAGE, "--%s: must be >= %.0f, got %s", o->name, o->min, v);
-    *(int64_t *)o->dest = x;
+    AR_CHECK(o->kind == AR_OPT_INT64 || x <= 2147483647LL, AR_ERR_USAGE, "--%s: %s is too large", o->name, v);
+    if (o->kind == AR_OPT_INT) *(int *)o->dest = (int)x;
+    else *(int64_t *)o->dest = x;
     return AR_OK;
   }
   case AR_OPT_DOUBLE: {
@@ -50,9 +62,9 @@ static int set_value(const ar_option *o, const char *v)
     return AR_OK;
   }
   case AR_OPT_CHOICE: {
-    int i = choice_index(o->choices, v);
-    AR_CHECK(i >= 0, AR_ERR_USAGE, "--%s: '%s' is not one of %s", o->name, v, o->choices);
-    *(int *)o->dest = i;
+    int k = choice_index(o->choices, v) >= 0 ? choice_value(o, v) : -1;
+    AR_CHECK(k >= 0, AR_ERR_USAGE, "--%s: '%s' is not one of %s", o->name, v, o->choices);
+    *(int *)o->dest = k;
     return AR_OK;
   }
   case AR_OPT_GRID: {
@@ -69,20 +81,11 @@ static int set_value(const ar_option *o, const char *v)
 int ar_options_parse(const ar_option *opts, int nopts, int argc, char **argv, int first, int *help)
 {
   *help = 0;
-  for (int i = 0; i < nopts; i++) {
-    if (opts[i].kind == AR_OPT_FLAG) *(int *)opts[i].dest = 0;
-    else if (opts[i].kind == AR_OPT_STRING) *(const char **)opts[i].dest = opts[i].def;
-    else if (opts[i].kind == AR_OPT_GRID) ((int *)opts[i].dest)[0] = ((int *)opts[i].dest)[1] = 0;
-    else if (opts[i].kind == AR_OPT_INT) *(int64_t *)opts[i].dest = 0; /* unset: "auto" */
-    else if (opts[i].kind == AR_OPT_DOUBLE) *(double *)opts[i].dest = 0;
-    if (opts[i].def && opts[i].kind != AR_OPT_STRING) AR_CALL(set_value(&opts[i], opts[i].def));
-  }
+  for (int a = first; a < argc; a++)
+    if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) *help = 1;
+  if (*help) return AR_OK;
   for (int a = first; a < argc; a++) {
     const char *arg = argv[a];
-    if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
-      *help = 1;
-      return AR_OK;
-    }
     AR_CHECK(arg[0] == '-' && arg[1] == '-', AR_ERR_USAGE, "unexpected argument '%s' (options start with --)", arg);
     const char *name = arg + 2, *eq = strchr(name, '=');
     size_t len = eq ? (size_t)(eq - name) : strlen(name);
@@ -113,14 +116,12 @@ static void format_value(const ar_option *o, char *buf, size_t cap)
     snprintf(buf, cap, "%s", s ? s : "");
     break;
   }
-  case AR_OPT_INT: snprintf(buf, cap, "%lld", (long long)*(int64_t *)o->dest); break;
+  case AR_OPT_INT: snprintf(buf, cap, "%d", *(int *)o->dest); break;
+  case AR_OPT_INT64: snprintf(buf, cap, "%lld", (long long)*(int64_t *)o->dest); break;
   case AR_OPT_DOUBLE: snprintf(buf, cap, "%.17g", *(double *)o->dest); break;
   case AR_OPT_CHOICE: {
-    int idx = *(int *)o->dest, i = 0;
-    const char *c = o->choices;
-    while (i < idx && strchr(c, '|')) c = strchr(c, '|') + 1, i++;
-    const char *bar = strchr(c, '|');
-    snprintf(buf, cap, "%.*s", bar ? (int)(bar - c) : (int)strlen(c), c);
+    const char *name = o->name_of(*(int *)o->dest);
+    snprintf(buf, cap, "%s", name ? name : "?");
     break;
   }
   case AR_OPT_GRID: {
@@ -132,22 +133,41 @@ static void format_value(const ar_option *o, char *buf, size_t cap)
   }
 }
 
+/* The value of an option as --help shows its default: "" for none. */
+static void format_default(const ar_option *o, char *buf, size_t cap)
+{
+  int zero = 0;
+  switch (o->kind) {
+  case AR_OPT_FLAG: buf[0] = '\0'; return;
+  case AR_OPT_STRING: zero = *(const char **)o->dest == NULL; break;
+  case AR_OPT_INT: zero = *(int *)o->dest == 0; break;
+  case AR_OPT_INT64: zero = *(int64_t *)o->dest == 0; break;
+  case AR_OPT_DOUBLE: zero = *(double *)o->dest == 0; break;
+  case AR_OPT_GRID: zero = ((int *)o->dest)[0] == 0; break;
+  case AR_OPT_CHOICE: break;
+  }
+  if (zero) snprintf(buf, cap, "%s", o->unset ? o->unset : "");
+  else if (o->kind == AR_OPT_DOUBLE) snprintf(buf, cap, "%g", *(double *)o->dest);
+  else format_value(o, buf, cap);
+}
+
 void ar_options_print_help(FILE *f, const char *usage, const ar_option *opts, int nopts)
 {
   fprintf(f, "%s\n\nOptions:\n", usage);
   for (int i = 0; i < nopts; i++) {
     const ar_option *o = &opts[i];
-    const char *meta = o->kind == AR_OPT_FLAG     ? ""
-                       : o->kind == AR_OPT_INT    ? " N"
-                       : o->kind == AR_OPT_DOUBLE ? " X"
-                       : o->kind == AR_OPT_GRID   ? " PRxPC"
-                       : o->kind == AR_OPT_CHOICE ? " CHOICE"
-                                                  : " VALUE";
-    char left[64];
+    const char *meta = o->kind == AR_OPT_FLAG                              ? ""
+                       : o->kind == AR_OPT_INT || o->kind == AR_OPT_INT64 ? " N"
+                       : o->kind == AR_OPT_DOUBLE                          ? " X"
+                       : o->kind == AR_OPT_GRID                            ? " PRxPC"
+                       : o->kind == AR_OPT_CHOICE                          ? " CHOICE"
+                                                                           : " VALUE";
+    char left[64], def[4200];
     snprintf(left, sizeof left, "--%s%s", o->name, meta);
     fprintf(f, "  %-24s %s", left, o->help);
     if (o->kind == AR_OPT_CHOICE) fprintf(f, " (%s)", o->choices);
-    if (o->def) fprintf(f, " [default: %s]", o->def);
+    format_default(o, def, sizeof def);
+    if (def[0]) fprintf(f, " [default: %s]", def);
     fprintf(f, "\n");
   }
   fprintf(f, "  %-24s %s\n", "--help", "print this help and exit");
@@ -167,7 +187,7 @@ void ar_options_write_json(FILE *f, const ar_option *opts, int nopts, const char
   char buf[4200];
   for (int i = 0; i < nopts; i++) {
     format_value(&opts[i], buf, sizeof buf);
-    int numeric = opts[i].kind == AR_OPT_INT || opts[i].kind == AR_OPT_DOUBLE;
+    int numeric = opts[i].kind == AR_OPT_INT || opts[i].kind == AR_OPT_INT64 || opts[i].kind == AR_OPT_DOUBLE;
     int boolean = opts[i].kind == AR_OPT_FLAG;
     fprintf(f, "%s\"%s\": ", indent, opts[i].name);
     if (numeric || boolean) fprintf(f, "%s", buf);

@@ -1,6 +1,6 @@
 /* The cost model behind `attnreg plan` and the memory check of `solve`.  The memory terms
- * follow the allocations of problem.c, eval.c, hessian.c, grid.c and solver.c one by one;
- * keep them in step when those change (tests/test_plan.py compares with measured RSS). */
+ * follow the allocations of problem.c, ring.c, eval.c, hessian.c, grid.c and solver.c one by
+ * one; keep them in step when those change (tests/test_plan.py compares with measured RSS). */
 #include <math.h>
 #include <string.h>
 
@@ -10,6 +10,7 @@
 /* Peak RSS of a run on a tiny problem (MPI, OpenBLAS, ScaLAPACK runtimes), measured here. */
 #define AR_BASELINE_BYTES (16.0 * 1048576.0)
 #define AR_AUTO_TILE_MAX 256
+#define AR_CHUNK_MAX 16384
 
 void ar_plan_default_grid(int ranks, int *pr, int *pc)
 {
@@ -25,80 +26,116 @@ int ar_plan_default_nb(int N, int pr, int pc)
   return nb > 64 ? 64 : nb < 1 ? 1 : nb;
 }
 
-/* Doubles of tile work per row (eval.c's tile arrays: S, U, and the r x (...) buffers). */
-static double tile_row_doubles(int64_t n, int d, int m)
+/* Doubles per key row of a chunk: [A3 | A2 | R23], [A2 | R22], V. */
+static double chunk_row_doubles(int d, int m)
+{
+  return 2.0 * d + (double)d * d + d + d * (d + 1) / 2.0 + m;
+}
+
+/* Doubles per query row of a tile besides S and U: E, M, alpha, N and K over pairs, the two
+ * Kronecker rows, the rescale factor (eval.c). */
+static double tile_row_doubles(int d, int m)
 {
   const double np = d * (d + 1) / 2.0;
-  return 2.0 * n + 3.0 * d * d + 3.0 * np + 2.0 * d * m + 7.0 * d + m + 1;
+  return 2.0 * d * d + 2.0 * d * m + d + 2 * np + 1;
 }
 
-/* Bytes of an array from ar_work_alloc: small ones take whole 2 MB pages (memory.c). */
-static double huge(double bytes)
+void ar_plan_tiles(int64_t n, int d, int m, int ranks, int64_t tile, int64_t chunk, double tile_mem_mb,
+                   int64_t *rows, int64_t *chunk_rows)
 {
-  const double h = 2097152.0;
-  return bytes <= (double)AR_HUGE_MAX ? ceil(bytes / h) * h : bytes;
-}
-
-int64_t ar_plan_tile_rows(int64_t n, int d, int m, int ranks, int64_t tile, double tile_mem_mb)
-{
-  /* Automatic tiles: within the budget and at most 256 rows; larger tiles gain nothing in the
-   * GEMMs (measured) and cost page faults on first touch.  Small problems get at most n/8 rows
-   * (not below 64): at n = 1024 the tile arrays would otherwise be most of the memory touched,
-   * and a 128-row tile solved the bench-solve problem 7% faster than a 256-row one. */
-  int64_t t = tile > 0 ? tile : (int64_t)(tile_mem_mb * 1048576.0 / (8.0 * tile_row_doubles(n, d, m)));
+  /* Key chunks: a block of the ring cut so that a chunk's tables take at most four tile
+   * budgets (and at most AR_CHUNK_MAX rows): bounded, whatever n.  With one rank and n no
+   * larger than that, the whole key set is one chunk and the passes fuse. */
+  const double budget = tile_mem_mb * 1048576.0 / 8.0;
+  const int64_t maxblock = (n + ranks - 1) / ranks;
+  int64_t c = chunk > 0 ? chunk : (int64_t)(4.0 * budget / chunk_row_doubles(d, m));
+  if (chunk <= 0 && c > AR_CHUNK_MAX) c = AR_CHUNK_MAX;
+  if (chunk <= 0 && c < 64) c = 64;
+  if (c > maxblock) c = maxblock;
+  /* Query tiles: S and U (t x c each) and the per-row arrays within the budget, at most 256
+   * rows (larger tiles gain nothing in the GEMMs, measured) and for small problems n/8 (not
+   * below 64): at n = 1024 a 128-row tile solved the bench-solve problem 7% faster. */
+  int64_t t = tile > 0 ? tile : (int64_t)(budget / (2.0 * c + tile_row_doubles(d, m)));
   int64_t cap = n / 8 < 64 ? 64 : n / 8 > AR_AUTO_TILE_MAX ? AR_AUTO_TILE_MAX : n / 8;
   if (tile <= 0 && t > cap) t = cap;
-  int64_t maxloc = (n + ranks - 1) / ranks; /* the largest local block: the same tile on every rank */
-  if (t > maxloc) t = maxloc;
-  return t < 1 ? 1 : t;
+  if (t > maxblock) t = maxblock; /* the largest local block: the same tile on every rank */
+  *rows = t < 1 ? 1 : t;
+  *chunk_rows = c < 1 ? 1 : c;
+}
+
+/* Bytes an array from ar_work_alloc occupies (memory.c): small ones on the heap, mid-sized
+ * ones in whole 2 MB pages. */
+static double work(double bytes)
+{
+  const double h = 2097152.0;
+  if (bytes < (double)AR_HEAP_MAX) return bytes;
+  return bytes <= (double)AR_HUGE_MAX ? ceil(bytes / h) * h : bytes;
 }
 
 /* Largest local extent of a block-cyclic dimension N over np processes. */
 static double max_local(int N, int nb, int np)
 {
   int blocks = (N + nb - 1) / nb;
-  return (double)((blocks + np - 1) / np) * nb;
+  double l = (double)((blocks + np - 1) / np) * nb;
+  return l > N ? N : l;
 }
 
-int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, double tile_mem_mb,
-                    ar_hessian_kind hk, ar_plan *p)
+static void plan_memory(ar_plan *p, double lr, double lc)
+{
+  const double B = 8.0, nloc = (double)p->rows_per_rank, d = p->d, m = p->m, np = d * (d + 1) / 2.0;
+  const double t = (double)p->tile, c = (double)p->chunk, D = p->D;
+  const double ld_fwd = 2 * d + d * d, ld_bwd = d + np;
+  p->mem_inputs = B * nloc * (3 * d + m); /* A1, A2, A3, B: this rank's rows */
+  p->mem_ring = work(B * nloc * 2 * d) + (p->ranks > 1 ? 2 * work(B * nloc * 2 * d) : 0);
+  p->mem_rows = work(B * nloc * d) + work(B * nloc * ld_fwd) + work(B * nloc * ld_bwd) + 4 * work(B * nloc) +
+                work(B * nloc * m);
+  p->mem_chunk = work(B * c * ld_fwd) + work(B * c * ld_bwd) + work(B * c * m);
+  p->mem_tiles = 2 * work(B * t * c) + work(B * t) + 2 * work(B * t * d * d) + 2 * work(B * t * d * m) +
+                 work(B * t * d) + 2 * work(B * t * np) + work(B * d * d);
+  p->mem_parts = work(B * np * np) + 2 * work(B * d * d * d * m) + work(B * d * d) + work(B * (1 + 2 * d * d + d * m));
+  p->mem_hessian = 2 * work(B * lr * lc); /* the local share and its factor copy */
+  const double panel = B * D * D < AR_ASSEMBLY_BYTES ? B * D * D : AR_ASSEMBLY_BYTES;
+  p->mem_assembly = (p->ranks > 1 ? panel : 0) + 12.0 * D; /* reduce-scatter panel, index tables */
+  p->mem_solver = B * 6.0 * D;
+  p->mem_baseline = AR_BASELINE_BYTES;
+  p->mem_total = p->mem_inputs + p->mem_ring + p->mem_rows + p->mem_chunk + p->mem_tiles + p->mem_parts +
+                 p->mem_hessian + p->mem_assembly + p->mem_solver + p->mem_baseline;
+}
+
+int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
+                    double tile_mem_mb, ar_hessian_kind hk, ar_plan *p)
 {
   memset(p, 0, sizeof *p);
   AR_CHECK(n >= 1 && d >= 1 && m >= 1 && ranks >= 1, AR_ERR_USAGE, "plan: sizes must be positive");
   if (pr <= 0 || pc <= 0) ar_plan_default_grid(ranks, &pr, &pc);
   AR_CHECK(pr * pc == ranks, AR_ERR_USAGE, "--grid %dx%d needs %d ranks, not %d", pr, pc, pr * pc, ranks);
+  AR_CHECK((double)d * d + (double)d * m < 2147483647.0, AR_ERR_USAGE, "plan: D = d*d + d*m is too large");
   const int D = d * d + d * m;
   if (nb <= 0) nb = ar_plan_default_nb(D, pr, pc);
-  const double N = (double)n, np = d * (d + 1) / 2.0, nloc = ceil(N / ranks), B = 8.0;
+  const double N = (double)n;
   p->n = n, p->d = d, p->m = m, p->D = D, p->ranks = ranks, p->pr = pr, p->pc = pc, p->nb = nb;
-  p->rows_per_rank = (int64_t)nloc;
-  p->tile = ar_plan_tile_rows(n, d, m, ranks, tile, tile_mem_mb);
-  double lr = max_local(D, nb, pr), lc = max_local(D, nb, pc);
-  if (lr > D) lr = D;
-  if (lc > D) lc = D;
-  p->mem_inputs = B * (nloc * (d + m) + 2 * N * d);
-  p->mem_tables = huge(B * N * (2.0 * d + d * d)) + huge(B * N * (d + np)) + B * N * m;
-  p->mem_tiles = 2 * huge(B * p->tile * N) + B * p->tile * (tile_row_doubles(n, d, m) - 2.0 * n);
-  p->mem_parts = B * (np * np + 2.0 * d * d * d * m + 2.0 * d * d + d * m + 1);
-  p->mem_hessian = 2 * huge(B * lr * lc);                  /* the local share and its factor copy */
-  p->mem_assembly = (ranks > 1 ? B * (double)D * D : 0) + 12.0 * D; /* reduce-scatter send buffer, index tables */
-  p->mem_solver = B * 5.0 * D;
-  p->mem_baseline = AR_BASELINE_BYTES;
-  p->mem_total = p->mem_inputs + p->mem_tables + p->mem_tiles + p->mem_parts + p->mem_hessian + p->mem_assembly +
-                 p->mem_solver + p->mem_baseline;
-  p->flops_loss_grad = 2 * N * N * (3.0 * d + m);
+  p->rows_per_rank = (n + ranks - 1) / ranks;
+  ar_plan_tiles(n, d, m, ranks, tile, chunk, tile_mem_mb, &p->tile, &p->chunk);
+  p->fused = ranks == 1 && p->chunk >= n;
+  plan_memory(p, max_local(D, nb, pr), max_local(D, nb, pc));
+  /* Flops (eval.c counts the same GEMMs): logits, P (and beta, F R23), U, W A2 (and W R22);
+   * without fusion the backward pass recomputes the logits. */
+  const double recompute = p->fused ? 0 : 2 * N * N * d;
+  p->flops_loss_grad = 2 * N * N * (3.0 * d + m) + recompute;
   p->flops_hessian = (hk == AR_HESS_GAUSS_NEWTON ? 2.0 : 3.0) * N * N * d * d + N * pow(d, 4) / 2 + 2 * N * pow(d, 3) * m;
   p->flops_trial = 4 * N * N * d;
   p->flops_cholesky = pow(D, 3) / 3 + 2.0 * D * D;
   p->flops_total = p->flops_loss_grad + p->flops_hessian + p->flops_trial + p->flops_cholesky;
-  /* Per rank and iteration: two small allreduces (tree: ~2 log2 P messages of the vector),
-   * the reduce-scatter of D^2 (each rank sends (P-1)/P of it), the symmetrising transpose
-   * (its local share) and the Cholesky panel broadcasts (~D^2/2 over the grid rows and
-   * columns).  Estimates, not measurements. */
-  const double lg = ranks > 1 ? ceil(log2(ranks)) : 0;
+  /* Per rank and iteration: three trips of the ring (the trial's forward pass, the forward and
+   * backward passes at the new point), each passing on (P-1) blocks of 2d doubles a row; two
+   * small allreduces (tree: ~2 log2 P messages); the Hessian reduce-scatter (each rank sends
+   * (P-1)/P of D^2) and the symmetrising transpose; the Cholesky panel broadcasts (~D^2/2
+   * over the grid rows and columns).  Estimates, not measurements. */
+  const double lg = ranks > 1 ? ceil(log2(ranks)) : 0, B = 8.0;
+  p->comm_ring = ranks > 1 ? 3.0 * (ranks - 1) * (double)p->rows_per_rank * 2 * d * B : 0;
   p->comm_allreduce = B * 2 * lg * (2.0 + 2.0 * d * d + d * m);
-  p->comm_hessian = ranks > 1 ? B * (double)D * D * (ranks - 1) / ranks + (ranks > 2 ? B * lr * lc : 0) : 0;
+  p->comm_hessian = ranks > 1 ? B * (double)D * D * (ranks - 1) / ranks + (ranks > 2 ? B * max_local(D, nb, pr) * max_local(D, nb, pc) : 0) : 0;
   p->comm_cholesky = ranks > 1 ? B * 0.5 * (double)D * D * (1.0 / pr + 1.0 / pc) + B * D * lg : 0;
-  p->comm_total = p->comm_allreduce + p->comm_hessian + p->comm_cholesky;
+  p->comm_total = p->comm_ring + p->comm_allreduce + p->comm_hessian + p->comm_cholesky;
   return AR_OK;
 }

@@ -1,4 +1,5 @@
-/* The distributed problem: row partition, loading and validating the inputs (MATH.md §5). */
+/* The distributed problem: row partition, loading and validating the inputs (docs/layout.md).
+ * Every input is distributed by rows: each rank reads and holds only its rows of A1, A2, A3, B. */
 #include "problem_impl.h"
 
 #include <stdio.h>
@@ -7,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "error.h"
+#include "hash.h"
 #include "npy.h"
 
 void ar_partition(int64_t n, int size, int rank, int64_t *r0, int64_t *r1)
@@ -42,12 +44,14 @@ int ar_data_paths_from_dir(const char *dir, ar_data_paths *p, char *storage)
   return AR_OK;
 }
 
-static int problem_alloc(MPI_Comm comm, int64_t n, int d, int m, ar_problem *out)
+/* self: one array for A1 = A2 = A3 (self-attention data); kv_same: one for A2 = A3. */
+static int problem_alloc(MPI_Comm comm, int64_t n, int d, int m, int self, int kv_same, ar_problem *out)
 {
   ar_problem p;
   AR_MALLOC(p, 1);
   *out = p;
-  MPI_Comm_dup(comm, &p->comm);
+  p->comm = MPI_COMM_NULL;
+  AR_CALL_MPI(MPI_Comm_dup(comm, &p->comm));
   MPI_Comm_rank(comm, &p->rank);
   MPI_Comm_size(comm, &p->size);
   p->n = n, p->d = d, p->m = m;
@@ -55,16 +59,14 @@ static int problem_alloc(MPI_Comm comm, int64_t n, int d, int m, ar_problem *out
   p->nloc = p->r1 - p->r0;
   AR_MALLOC(p->a1, p->nloc * d);
   AR_MALLOC(p->b, p->nloc * m);
-  AR_MALLOC(p->a2, n * d);
-  AR_MALLOC(p->a3, n * d);
+  if (self) {
+    p->a2 = p->a3 = p->a1;
+  } else {
+    AR_MALLOC(p->a2, p->nloc * d);
+    if (kv_same) p->a3 = p->a2; /* keys = values: the ring carries one array */
+    else AR_MALLOC(p->a3, p->nloc * d);
+  }
   return AR_OK;
-}
-
-static uint64_t mix64(uint64_t z)
-{
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
 }
 
 /* Sum over entries of hash(array id, global index, bits): order-free, so any partition of
@@ -75,7 +77,7 @@ static uint64_t hash_entries(const double *a, int64_t count, int64_t first, uint
   for (int64_t i = 0; i < count; i++) {
     uint64_t bits;
     memcpy(&bits, &a[i], sizeof bits);
-    h += mix64(bits ^ mix64((uint64_t)(first + i) * 0x9e3779b97f4a7c15ULL + id));
+    h += ar_mix64(bits ^ ar_mix64((uint64_t)(first + i) * 0x9e3779b97f4a7c15ULL + id));
   }
   return h;
 }
@@ -85,28 +87,30 @@ static int problem_finish(ar_problem p)
   double loc = 0;
   for (int64_t i = 0; i < p->nloc * p->m; i++) loc += p->b[i] * p->b[i];
   AR_CALL_MPI(MPI_Allreduce(&loc, &p->bnorm2, 1, MPI_DOUBLE, MPI_SUM, p->comm));
-  uint64_t h = hash_entries(p->a1, p->nloc * p->d, p->r0 * p->d, 1) + hash_entries(p->b, p->nloc * p->m, p->r0 * p->m, 4);
+  const int64_t first = p->r0 * p->d, cnt = p->nloc * p->d;
+  uint64_t h = hash_entries(p->a1, cnt, first, 1) + hash_entries(p->a2, cnt, first, 2) +
+               hash_entries(p->a3, cnt, first, 3) + hash_entries(p->b, p->nloc * p->m, p->r0 * p->m, 4);
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, &h, 1, MPI_UINT64_T, MPI_SUM, p->comm));
-  p->hash = h + hash_entries(p->a2, p->n * p->d, 0, 2) + hash_entries(p->a3, p->n * p->d, 0, 3) +
-            mix64((uint64_t)p->n * 0x100000001b3ULL + (uint64_t)p->d * 977 + (uint64_t)p->m);
+  p->hash = h + ar_mix64((uint64_t)p->n * 0x100000001b3ULL + (uint64_t)p->d * 977 + (uint64_t)p->m);
   return AR_OK;
 }
 
 uint64_t ar_problem_hash(ar_problem p) { return p->hash; }
 
-int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_local, const double *a2,
-                      const double *a3, const double *b_local, ar_problem *prob)
+int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1, const double *a2, const double *a3,
+                      const double *b, ar_problem *prob)
 {
   *prob = NULL;
   AR_CHECK(n >= 1 && d >= 1 && m >= 1, AR_ERR_DATA, "problem sizes must be positive (n=%lld d=%d m=%d)",
            (long long)n, d, m);
-  int err = problem_alloc(comm, n, d, m, prob);
+  const int self = a1 == a2 && a2 == a3;
+  int err = problem_alloc(comm, n, d, m, self, a2 == a3, prob);
   if (!err) {
     ar_problem p = *prob;
-    memcpy(p->a1, a1_local, sizeof(double) * p->nloc * d);
-    memcpy(p->b, b_local, sizeof(double) * p->nloc * m);
-    memcpy(p->a2, a2, sizeof(double) * n * d);
-    memcpy(p->a3, a3, sizeof(double) * n * d);
+    memcpy(p->a1, a1, sizeof(double) * p->nloc * d);
+    memcpy(p->b, b, sizeof(double) * p->nloc * m);
+    if (!self) memcpy(p->a2, a2, sizeof(double) * p->nloc * d);
+    if (p->a3 != p->a2) memcpy(p->a3, a3, sizeof(double) * p->nloc * d);
     err = problem_finish(p);
   }
   err = ar_error_agree(comm, err);
@@ -144,18 +148,23 @@ int ar_problem_load(MPI_Comm comm, const ar_data_paths *ps, ar_problem *prob)
     AR_CALL(ar_npy_read_header(comm, name[i], &h[i]));
   }
   AR_CALL(check_shapes(ps, h));
-  int err = ar_error_agree(comm, problem_alloc(comm, h[0].rows, (int)h[0].cols, (int)h[3].cols, prob));
+  const int self = !strcmp(ps->a2, ps->a1) && !strcmp(ps->a3, ps->a1);
+  const int kv_same = !strcmp(ps->a3, ps->a2);
+  int err = ar_error_agree(comm, problem_alloc(comm, h[0].rows, (int)h[0].cols, (int)h[3].cols, self, kv_same, prob));
   if (err) {
     ar_problem_destroy(prob);
     return err;
   }
+  /* Every input by rows: this rank's rows of each file, one array per distinct file. */
   ar_problem p = *prob;
-  int self2 = strcmp(ps->a2, ps->a1) == 0, self3 = strcmp(ps->a3, ps->a2) == 0;
-  err = ar_npy_read_rows(comm, ps->a2, &h[1], 0, p->n, p->a2);
-  if (!err && self3) memcpy(p->a3, p->a2, sizeof(double) * p->n * p->d);
-  if (!err && !self3) err = ar_npy_read_rows(comm, ps->a3, &h[2], 0, p->n, p->a3);
-  if (!err && self2) memcpy(p->a1, p->a2 + p->r0 * p->d, sizeof(double) * p->nloc * p->d);
-  if (!err && !self2) err = ar_npy_read_rows(comm, ps->a1, &h[0], p->r0, p->r1, p->a1);
+  double *dst[3] = {p->a1, p->a2, p->a3};
+  for (int i = 0; i < 3 && !err; i++) {
+    int same = -1;
+    for (int k = 0; k < i; k++)
+      if (!strcmp(name[i], name[k])) same = k;
+    if (same < 0) err = ar_npy_read_rows(comm, name[i], &h[i], p->r0, p->r1, dst[i]);
+    else if (dst[i] != dst[same]) memcpy(dst[i], dst[same], sizeof(double) * p->nloc * p->d);
+  }
   if (!err) err = ar_npy_read_rows(comm, ps->b, &h[3], p->r0, p->r1, p->b);
   if (!err) err = problem_finish(p);
   err = ar_error_agree(comm, err);
@@ -167,7 +176,9 @@ void ar_problem_destroy(ar_problem *prob)
 {
   ar_problem p = *prob;
   if (!p) return;
-  free(p->a1), free(p->b), free(p->a2), free(p->a3);
+  if (p->a2 != p->a1) free(p->a2);
+  if (p->a3 != p->a1 && p->a3 != p->a2) free(p->a3);
+  free(p->a1), free(p->b);
   if (p->comm != MPI_COMM_NULL) MPI_Comm_free(&p->comm);
   free(p);
   *prob = NULL;

@@ -13,7 +13,7 @@ struct ar_problem_s {
   int64_t nloc;      /* r1 - r0 */
   double *a1;        /* local: nloc x d */
   double *b;         /* local: nloc x m */
-  double *a2, *a3;   /* global: n x d (a3 may alias a2 when the data is self-attention) */
+  double *a2, *a3;   /* local: nloc x d (self-attention: a3 == a2 == a1, one array) */
   double bnorm2;     /* global: ||B||_F^2 */
   uint64_t hash;     /* global: ar_problem_hash */
 };
@@ -34,7 +34,7 @@ typedef struct {
   double *t2;     /* (d*d) x (d*m): sum_j a1_jp P[j,k] M_j[q,i] at [(p,k),(q,i)] */
   double *ptp;    /* d x d: P^T P, global (already reduced); added by rank 0 only */
   /* assembly work space kept between evaluations (hessian.c) */
-  int work_n;
+  int work_n, panel;   /* order and columns per reduction the work space is for */
   double *send;
   int *counts, *hi, *lo, *pairs;
 } ar_hess_parts;

@@ -4,6 +4,7 @@
  * range used) so that the loop vectorises; target_clones builds AVX2 and AVX-512 variants
  * chosen at run time.  Maxima and sums use 8 partial accumulators in a fixed order, so the
  * result does not depend on the machine. */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -89,6 +90,26 @@ void ar_softmax_rows(double *s, int64_t r, int64_t n)
     shift(row, n, row_max(row, n));
     exp_nonpositive(row, n);
     scale(row, n, 1.0 / row_sum(row, n));
+  }
+}
+
+void ar_softmax_online(double *s, int64_t r, int64_t c, double *rmax, double *rsum, double *rescale)
+{
+  for (int64_t j = 0; j < r; j++) {
+    double *row = s + j * c, mx = row_max(row, c), mnew = mx > rmax[j] ? mx : rmax[j];
+    rescale[j] = rmax[j] == -INFINITY ? 0.0 : mnew == rmax[j] ? 1.0 : exp(rmax[j] - mnew);
+    shift(row, c, mnew);
+    exp_nonpositive(row, c);
+    rsum[j] = rsum[j] * rescale[j] + row_sum(row, c);
+    rmax[j] = mnew;
+  }
+}
+
+void ar_softmax_exp_shifted(double *s, int64_t r, int64_t c, const double *lse)
+{
+  for (int64_t j = 0; j < r; j++) {
+    shift(s + j * c, c, lse[j]);
+    exp_nonpositive(s + j * c, c);
   }
 }
 

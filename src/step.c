@@ -11,6 +11,7 @@ int ar_stepper_eval(ar_stepper *st, const double *z, ar_hessian_kind hk, ar_dmat
   *f = out.loss;
   st->res->flops += out.flops;
   st->res->t_kernel += out.t_kernel, st->res->t_hess += out.t_hess, st->res->t_reduce += out.t_reduce;
+  st->res->t_ring += out.t_ring;
   return AR_OK;
 }
 

@@ -138,7 +138,7 @@ static void run_problem(const char *name, int64_t n, int d, int m, uint64_t seed
   int64_t r0, r1;
   ar_partition(n, size, rank, &r0, &r1);
   ar_problem prob;
-  TU_OK(ar_problem_create(MPI_COMM_WORLD, n, d, m, p.A1 + r0 * d, p.A2, p.A3, p.B + r0 * m, &prob));
+  TU_OK(ar_problem_create(MPI_COMM_WORLD, n, d, m, p.A1 + r0 * d, p.A2 + r0 * d, p.A3 + r0 * d, p.B + r0 * m, &prob));
   {
     int64_t nn;
     int dd, mm;
@@ -200,7 +200,7 @@ static void run_problem(const char *name, int64_t n, int d, int m, uint64_t seed
              gxmax, gmax);
 
   /* every configuration */
-  const int64_t tiles[3] = {1, 2, 0};
+  const int64_t tiles[3] = {1, 2, 0}, chunks[3] = {1, 3, 0}; /* 0: automatic (one rank: one fused chunk) */
   const int nbs[3] = {1, 2, 5};
   double *g = calloc(D, sizeof(double)), *H = calloc((size_t)D * D, sizeof(double));
   int nconf = 0, nasym = 0; /* configurations whose Hessian is not bitwise symmetric */
@@ -208,7 +208,7 @@ static void run_problem(const char *name, int64_t n, int d, int m, uint64_t seed
   for (int it = 0; it < 3; it++) {
     ar_eval_options o;
     ar_eval_options_default(&o);
-    o.tile = tiles[it];
+    o.tile = tiles[it], o.chunk = chunks[it];
     ar_eval ev;
     TU_OK(ar_eval_create(prob, &o, &ev));
     int64_t tl = ar_eval_tile(ev);

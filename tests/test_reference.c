@@ -55,7 +55,8 @@ static void run_case(const char *refdir, const char *tmpdir, const char *name, i
   ar_eval ev;
   ar_eval_options eo;
   ar_eval_options_default(&eo);
-  eo.tile = 2; /* several tiles even on small cases */
+  eo.tile = 2;   /* several tiles even on small cases */
+  eo.chunk = nb; /* and several key chunks per ring block (nb = 0: automatic, one chunk) */
   TU_OK(ar_grid_create(MPI_COMM_WORLD, pr, pc, &g));
   TU_OK(ar_dmat_create(g, D, nb, &H));
   TU_OK(ar_eval_create(prob, &eo, &ev));

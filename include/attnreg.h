@@ -13,6 +13,7 @@
 #include <mpi.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define ATTNREG_VERSION "0.1.0"
 
@@ -101,6 +102,16 @@ int ar_dmat_gather(ar_dmat A, double *full);
 int ar_dmat_mean_abs_diag(ar_dmat A, double *mean);
 
 /* ------------------------------------------------------------------------------------------
+ * Progress of long phases: a line on the given stream (rank 0's stderr, say) once a unit of
+ * work (an evaluation, a Newton iteration) has run for first_after seconds, then at most every
+ * `every` seconds.  Not collective; every function accepts NULL (no progress). */
+typedef struct ar_progress_s ar_progress;
+ar_progress *ar_progress_create(FILE *out, double first_after, double every); /* NULL: no memory */
+void ar_progress_destroy(ar_progress **p);
+void ar_progress_start(ar_progress *p, const char *what);                  /* a new unit of work */
+void ar_progress_phase(ar_progress *p, const char *phase, double fraction); /* fraction < 0: unknown */
+
+/* ------------------------------------------------------------------------------------------
  * Evaluation of L, its gradient and joint Hessian (MATH.md §1-§3, distributed as §5). */
 /* Hessian kinds: enum value (stored in checkpoints: never renumber), name (options, outputs).
  * AUTO is a solver choice only (Gauss-Newton while it makes fast progress, then exact). */
@@ -146,6 +157,7 @@ void ar_eval_destroy(ar_eval *ev);
 int64_t ar_eval_tile(ar_eval ev);                    /* global: query rows per tile in use */
 int64_t ar_eval_chunk(ar_eval ev);                   /* global: key rows per chunk in use */
 ar_problem ar_eval_problem(ar_eval ev);              /* global: the problem it evaluates */
+void ar_eval_set_progress(ar_eval ev, ar_progress *p); /* not collective: report tiles done to p */
 /* Collective: L at z (global X, Y); grad if out->grad != NULL; Hessian of kind hk into
  * out->hess if hk != AR_HESS_NONE (out->hess must be a D x D ar_dmat). */
 int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, ar_eval_out *out);
@@ -277,6 +289,7 @@ typedef struct {
   const ar_solver_state *resume; /* continue from this state (X, Y arguments are ignored) */
   ar_monitor_fn monitor;
   void *monitor_ctx;
+  ar_progress *progress;     /* long iterations report their phases here (NULL: none) */
 } ar_solver_options;
 /* Not collective: the defaults (the command line's defaults come from here). */
 void ar_solver_options_default(ar_solver_options *o);

@@ -148,10 +148,16 @@ static int read_restart(MPI_Comm comm, const solve_cfg *s, ar_problem prob, ar_c
   return err;
 }
 
+/* Rank 0's progress lines for long iterations (NULL elsewhere, and with --quiet). */
+static ar_progress *g_progress;
+
 static void monitor(const ar_iter_info *it, void *ctx)
 {
   int rank;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  char what[64];
+  snprintf(what, sizeof what, "iteration %d", it->iter + 1);
+  ar_progress_start(g_progress, what);
   if (rank != 0 || *(int *)ctx) return;
   if (it->iter == 0)
     printf("%5s %23s %10s %10s %9s %10s %9s %9s  %s\n", "iter", "loss", "rel_loss", "|grad|", "mu", "rho", "|step|",
@@ -194,7 +200,8 @@ static int write_summary(MPI_Comm comm, solve_run *u, const ar_option *opts, int
   if (f) {
     fprintf(f, "{\n  \"n\": %lld,\n  \"d\": %d,\n  \"m\": %d,\n  \"ranks\": %d,\n  \"grid\": \"%dx%d\",\n",
             (long long)u->n, u->d, u->m, size, pr, pc);
-    fprintf(f, "  \"nb\": %d,\n  \"tile\": %lld,\n", r->nb, (long long)ar_eval_tile(u->ev));
+    fprintf(f, "  \"nb\": %d,\n  \"tile\": %lld,\n  \"chunk\": %lld,\n", r->nb, (long long)ar_eval_tile(u->ev),
+            (long long)ar_eval_chunk(u->ev));
     fprintf(f, "  \"iterations\": %d,\n  \"loss\": %.17g,\n  \"rel_loss\": %.17g,\n  \"grad_norm\": %.17g,\n",
             r->iterations, r->loss, r->rel_loss, r->grad_norm);
     fprintf(f, "  \"reason\": \"%s\",\n  \"converged\": %s,\n  \"wall_seconds\": %.6f,\n", ar_reason_name(r->reason),
@@ -207,7 +214,8 @@ static int write_summary(MPI_Comm comm, solve_run *u, const ar_option *opts, int
     const char *name;
     double t;
   } phases[] = {{"io", u->t_load},       {"setup", u->t_setup},         {"loss_gradient", r->t_kernel},
-                {"hessian", r->t_hess},  {"reduction", r->t_reduce},    {"factorization", r->t_factor},
+                {"hessian", r->t_hess},  {"reduction", r->t_reduce},    {"ring", r->t_ring},
+                {"factorization", r->t_factor},
                 {"solve", r->t_solve},   {"total", r->t_total}};
   const int nph = sizeof phases / sizeof phases[0];
   for (int i = 0; i < nph; i++) ar_cli_phase_json(comm, f, phases[i].name, phases[i].t, i == nph - 1);
@@ -261,13 +269,20 @@ static int run(MPI_Comm comm, solve_cfg *s, solve_run *u, const ar_option *opts,
     if (s->restart) printf("restarting from %s at iteration %d\n", s->restart, u->ck.st.iter);
   }
   ckpt_ctx cctx = {comm, s, u->prob};
+  if (rank == 0 && !s->c.quiet) g_progress = ar_progress_create(stderr, 10.0, 5.0);
+  ar_progress_start(g_progress, "start");
+  ar_eval_set_progress(u->ev, g_progress);
   ar_solver_options so = s->so;
   so.nb = s->c.nb;
   so.monitor = monitor, so.monitor_ctx = &s->c.quiet;
   so.interrupt = &g_signal;
   so.checkpoint = write_checkpoint, so.checkpoint_ctx = &cctx;
   so.resume = s->restart ? &u->ck.st : NULL;
-  AR_CALL(ar_solve(u->prob, u->ev, u->grid, &so, u->X, u->Y, &u->r));
+  so.progress = g_progress;
+  const int err = ar_solve(u->prob, u->ev, u->grid, &so, u->X, u->Y, &u->r);
+  ar_eval_set_progress(u->ev, NULL);
+  ar_progress_destroy(&g_progress);
+  AR_CALL(err);
   const ar_solve_result *r = &u->r;
   if (r->reason == AR_DIVERGED_SIGNAL) {
     int sig = g_signal;

@@ -67,6 +67,8 @@ struct ar_eval_s {
   double *E, *M, *MMt, *alpha, *Npair, *Kpair, *a1c, *a1p;
   ar_hess_parts parts;
   double *sums;             /* reduced: L, grad_X, grad_Y, P^T P */
+  ar_progress *prog;        /* tiles done / tiles to do of the evaluation in progress */
+  double units_done, units_total, nchunks;
 };
 
 void ar_eval_options_default(ar_eval_options *o)
@@ -164,6 +166,12 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
   }
   if (!err) err = ar_ring_create(p->comm, p->n, ev->width, &ev->ring);
   if (!err) err = eval_alloc(ev);
+  if (!err)
+    for (int b = 0; b < p->size; b++) { /* chunks in one trip of the ring */
+      int64_t r0, r1;
+      ar_partition(p->n, p->size, b, &r0, &r1);
+      ev->nchunks += ceil((double)(r1 - r0) / ev->chunk);
+    }
   if (!err && ev->kv_own) {
     const int d = p->d;
     for (int64_t j = 0; j < p->nloc; j++)
@@ -193,6 +201,25 @@ void ar_eval_destroy(ar_eval *pev)
 int64_t ar_eval_tile(ar_eval ev) { return ev->tile; }
 int64_t ar_eval_chunk(ar_eval ev) { return ev->chunk; }
 ar_problem ar_eval_problem(ar_eval ev) { return ev->p; }
+void ar_eval_set_progress(ar_eval ev, ar_progress *p) { ev->prog = p; }
+
+/* The tiles an evaluation will do (a tile against a chunk, or a tile's Hessian parts). */
+static void begin_units(ar_eval ev, int want_grad, int want_hess)
+{
+  const double ntiles = ceil((double)ev->p->nloc / ev->tile);
+  ev->units_done = 0;
+  ev->units_total = ev->fused ? ntiles : (want_grad ? 2 : 1) * ev->nchunks * ntiles;
+  if (want_hess) ev->units_total += ntiles;
+  if (ev->units_total < 1) ev->units_total = 1;
+}
+
+/* One tile done (against a chunk, or its Hessian parts): tell the progress reporter. */
+static void tick(ar_eval ev)
+{
+  if (!ev->prog) return;
+  ev->units_done += 1;
+  ar_progress_phase(ev->prog, "evaluation", ev->units_done / ev->units_total);
+}
 
 /* Tables of a chunk of key rows kv (rows x width: A2, then A3 unless A3 = A2). */
 static void build_tab_fwd(ar_eval ev, const double *kv, int64_t rows)
@@ -301,6 +328,7 @@ static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_g
     gemm(CblasNoTrans, CblasNoTrans, r, lda, n, 1.0, ev->scores, n, T, ldt, 0.0, ev->fwd + j0 * lda, lda, flops);
     if (Y) finish_rows(ev, Y, j0, r, lda, loss, flops);
     if (T2) backward_tile(ev, j0, r, ev->vals, n, T2, ldt2, ldb, 0.0, flops);
+    tick(ev);
   }
 }
 
@@ -329,6 +357,7 @@ static int forward_trip(ar_eval ev, int lda, double *flops)
             for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
         gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, T, ldt, 1.0, ev->fwd + j0 * lda, lda, flops);
         ar_ring_progress(ev->ring);
+        tick(ev);
       }
     }
     AR_CALL(ar_ring_next(ev->ring));
@@ -363,6 +392,7 @@ static int backward_trip(ar_eval ev, const double *Y, int ldb, double *flops)
         ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
         backward_tile(ev, j0, r, ev->vals, cr, T, ldt, ldb, first_chunk ? 0.0 : 1.0, flops);
         ar_ring_progress(ev->ring);
+        tick(ev);
       }
     }
     AR_CALL(ar_ring_next(ev->ring));
@@ -432,6 +462,7 @@ static void finish_gradient(ar_eval ev, const double *Y, int lda, int ldb, ar_he
       for (int q = 0; q < d; q++) ev->alpha[j * d + q] = WA2[j * ldb + q] + ev->fu[j0 + j] * P[j * lda + d + q];
     tile_hessian(ev, Y, j0, r, lda, ldb, hk, flops);
     *t_hess += ar_wtime() - th;
+    tick(ev);
   }
 }
 
@@ -472,6 +503,7 @@ int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
     ev->t1_used = hk == AR_HESS_EXACT;
     memset(ev->parts.t2, 0, sizeof(double) * dd * dm);
   }
+  begin_units(ev, want_grad, hk != AR_HESS_NONE);
   AR_CALL(passes(ev, X, Y, lda, ldb, want_grad, &sums[0], &flops));
   if (want_grad) finish_gradient(ev, Y, lda, ldb, hk, &flops, &t_hess);
   double t1 = ar_wtime();
@@ -506,6 +538,7 @@ int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *P
   double flops = 0, loss;
   memset(PtP, 0, sizeof(double) * d * d);
   memset(PtB, 0, sizeof(double) * d * m);
+  begin_units(ev, 0, 0);
   AR_CALL(passes(ev, X, NULL, d, d, 0, &loss, &flops)); /* P alone */
   gemm(CblasTrans, CblasNoTrans, d, d, p->nloc, 1.0, ev->fwd, d, ev->fwd, d, 1.0, PtP, d, &flops);
   gemm(CblasTrans, CblasNoTrans, d, m, p->nloc, 1.0, ev->fwd, d, p->b, m, 1.0, PtB, m, &flops);

@@ -196,6 +196,7 @@ static int factor_shifted(lm_state *s, int *not_pd)
   if (!(scale > 0) || !isfinite(scale)) scale = 1;
   if (st->g0norm > 0 && s->gnorm < st->g0norm) scale *= s->gnorm / st->g0norm;
   *not_pd = 1;
+  ar_progress_phase(s->o->progress, "Cholesky factorisation", -1);
   while (*not_pd && st->mu <= s->o->mu_max) {
     AR_CALL(s->step->ops->factor(s->step, st->mu * scale, not_pd));
     if (*not_pd) update_mu(st, MU_NOT_PD);

@@ -97,7 +97,7 @@ int main(int argc, char **argv)
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   free(a1), free(a2), free(a3), free(b);
-  double best = 1e30, bk = 0, bh = 0, br = 0, flops = 0;
+  double best = 1e30, bk = 0, bh = 0, br = 0, bw = 0, flops = 0;
   if (newton) {
     ar_eval_out first = {.grad = g, .hess = H};
     if (ar_eval_compute(ev, X, Y, hk, &first)) MPI_Abort(MPI_COMM_WORLD, 1);
@@ -117,7 +117,7 @@ int main(int argc, char **argv)
     double fl = out.flops;
     t = ar_wtime() - t;
     MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    if (t < best) best = t, bk = out.t_kernel, bh = out.t_hess, br = out.t_reduce, flops = fl;
+    if (t < best) best = t, bk = out.t_kernel, bh = out.t_hess, br = out.t_reduce, bw = out.t_ring, flops = fl;
   }
   MPI_Allreduce(MPI_IN_PLACE, &flops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   /* The model of MATH.md: gradient 2n^2(3d+m); exact Hessian 2n^2d^2 + n^2d^2 + nd^4/2 + 2nd^3m. */
@@ -129,10 +129,10 @@ int main(int argc, char **argv)
   double rss = ar_peak_rss_mb(), rss_max;
   MPI_Reduce(&rss, &rss_max, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
   if (rank == 0) {
-    printf("bench_eval n=%lld d=%d m=%d ranks=%d hessian=%s tile=%lld reps=%d\n", (long long)n, d, m, size, hs,
-           (long long)ar_eval_tile(ev), reps);
-    printf("  wall time (best)       %10.4f s   (rank 0: kernel %.4f, hessian %.4f, reduction %.4f)\n", best, bk, bh,
-           br);
+    printf("bench_eval n=%lld d=%d m=%d ranks=%d hessian=%s tile=%lld chunk=%lld reps=%d\n", (long long)n, d, m, size,
+           hs, (long long)ar_eval_tile(ev), (long long)ar_eval_chunk(ev), reps);
+    printf("  wall time (best)       %10.4f s   (rank 0: kernel %.4f, hessian %.4f, reduction %.4f, ring wait %.4f = "
+           "%.1f %%)\n", best, bk, bh, br, bw, 100 * bw / best);
     printf("  model flops            %10.4g     (executed GEMM flops %.4g)\n", model, flops);
     printf("  achieved               %10.2f GFLOP/s (model flops / time, all ranks)\n", model / best * 1e-9);
     printf("  DGEMM, same run        %10.2f GFLOP/s per rank (2048^3, best of 3)\n", rate);

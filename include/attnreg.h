@@ -2,7 +2,7 @@
  *
  *   minimise L(X,Y) = || softmax_rows(A1 X A2^T) A3 Y - B ||_F^2 (+ ridge terms)
  *
- * Formulas: docs/MATH.md.  Conventions, as in reference ScaLAPACK:
+ * Formulas: docs/math.md; layout: docs/layout.md; solver: docs/solver.md.  Conventions, as in reference ScaLAPACK:
  *   "collective" = every rank of the communicator must call it, with the same global arguments;
  *   "global" arguments/results are identical on every rank, "local" ones are this rank's share.
  * Every function returns an ar_error code (AR_OK == 0); ar_error_message() says what failed.
@@ -112,7 +112,7 @@ void ar_progress_start(ar_progress *p, const char *what);                  /* a 
 void ar_progress_phase(ar_progress *p, const char *phase, double fraction); /* fraction < 0: unknown */
 
 /* ------------------------------------------------------------------------------------------
- * Evaluation of L, its gradient and joint Hessian (MATH.md §1-§3, distributed as §5). */
+ * Evaluation of L, its gradient and joint Hessian (docs/math.md §1-§4, distributed as docs/layout.md). */
 /* Hessian kinds: enum value (stored in checkpoints: never renumber), name (options, outputs).
  * AUTO is a solver choice only (Gauss-Newton while it makes fast progress, then exact). */
 #define AR_HESSIAN_MAP(X)                  \
@@ -146,12 +146,12 @@ typedef struct {
   double loss;           /* global: L(X,Y) including ridge terms */
   double *grad;          /* global, length D (z ordering); NULL if not requested */
   ar_dmat hess;          /* distributed D x D Hessian; NULL if not requested */
-  double flops;          /* local flops done by the model of MATH.md §3 */
+  double flops;          /* local flops done counted in the GEMMs it ran */
   double t_kernel, t_hess, t_reduce; /* local seconds: loss/gradient, Hessian assembly, reductions */
   double t_ring;         /* local seconds waiting for key/value blocks of the ring */
 } ar_eval_out;
 
-/* Collective: prepare per-problem tables (R23, R22 of MATH.md §3). */
+/* Collective: the evaluator of prob: tiles, chunks, the ring, work arrays (docs/layout.md). */
 int ar_eval_create(ar_problem prob, const ar_eval_options *opt, ar_eval *ev);
 void ar_eval_destroy(ar_eval *ev);
 int64_t ar_eval_tile(ar_eval ev);                    /* global: query rows per tile in use */
@@ -180,14 +180,14 @@ int ar_generate(MPI_Comm comm, const ar_generate_options *opt, const char *dir);
 /* Not collective: the i-th standard normal of stream `stream` for `seed`. */
 double ar_normal(uint64_t seed, uint64_t stream, uint64_t i);
 
-/* Collective: P^T P (d x d) and P^T B (d x m) at X, for the least-squares Y step (MATH.md §4). */
+/* Collective: P^T P (d x d) and P^T B (d x m) at X, for the least-squares Y step (docs/math.md §5). */
 int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *PtB);
 
 /* Accumulated seconds of pdpotrf and pdpotrs on this rank, and their count. */
 void ar_dmat_times(ar_dmat A, double *t_factor, double *t_solve, int *nfactor);
 
 /* ------------------------------------------------------------------------------------------
- * The solver: damped Newton (Levenberg-Marquardt shift, gain ratio), MATH.md §4. */
+ * The solver: damped Newton (Levenberg-Marquardt shift, gain ratio), docs/solver.md. */
 #define AR_REASON_MAP(X)                                                   \
   X(AR_REASON_NONE, "ITERATING", 0)                                        \
   X(AR_DIVERGED_NAN, "DIVERGED_NAN", 0)                                    \

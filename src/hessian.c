@@ -1,4 +1,4 @@
-/* Assembly of the joint Hessian (MATH.md §3) into the block-cyclic layout (§5).
+/* Assembly of the joint Hessian (docs/math.md §3) into the block-cyclic layout (docs/layout.md §4).
  *
  * Each rank holds the compact parts of its rows' contribution (eval.c): H_xx over symmetric
  * pairs, the two H_xy terms, and P^T P.  It expands them, one panel of columns at a time,

@@ -24,7 +24,7 @@ static inline int ar_pair(int d, int q, int qq)
   return q * d - q * (q - 1) / 2 + (qq - q);
 }
 
-/* Accumulators of one evaluation that are reduced over ranks (MATH.md §5).  The compact
+/* Accumulators of one evaluation that are reduced over ranks (docs/layout.md §4).  The compact
  * Hessian pieces (H_xx over symmetric pairs, the two H_xy terms, P^T P) are expanded into the
  * block-cyclic layout by ar_hess_assemble (hessian.c). */
 typedef struct {

@@ -1,4 +1,4 @@
-/* The solver loop (MATH.md §4): damped Newton with a Levenberg-Marquardt shift, chord steps
+/* The solver loop (docs/solver.md): damped Newton with a Levenberg-Marquardt shift, chord steps
  * and a hybrid Gauss-Newton / exact Hessian.
  *
  *   z = (vec X, vec Y)  [alternating: Y <- least squares, then z = vec X alone]

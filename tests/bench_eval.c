@@ -4,7 +4,7 @@
  * iteration near the solution): the Cholesky solve (pdpotrf + pdpotrs, or LAPACK on one rank)
  * with the current Hessian, then loss, gradient and exact Hessian at the new point, which the
  * next iteration uses.  The iterations run on from the planted start X0 = X_true + 0.01 noise.
- * Prints the wall time (best of REPS), the flops by the model of MATH.md §2-§3, the achieved
+ * Prints the wall time (best of REPS), the flops by the model of docs/math.md §2-§3, the achieved
  * GFLOP/s, a DGEMM rate measured in the same run (2048^3, best of 3) and the ratio, and the
  * peak RSS per rank.  Data: planted-like random inputs made in memory on every rank. */
 #include <cblas.h>
@@ -120,7 +120,7 @@ int main(int argc, char **argv)
     if (t < best) best = t, bk = out.t_kernel, bh = out.t_hess, br = out.t_reduce, bw = out.t_ring, flops = fl;
   }
   MPI_Allreduce(MPI_IN_PLACE, &flops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-  /* The model of MATH.md: gradient 2n^2(3d+m); exact Hessian 2n^2d^2 + n^2d^2 + nd^4/2 + 2nd^3m. */
+  /* The model of docs/math.md: gradient 2n^2(3d+m); exact Hessian 2n^2d^2 + n^2d^2 + nd^4/2 + 2nd^3m. */
   const double N = (double)n;
   double model = 2 * N * N * (3.0 * d + m);
   if (hk == AR_HESS_EXACT) model += 3 * N * N * d * d + N * pow(d, 4) / 2 + 2 * N * pow(d, 3) * m;

@@ -63,7 +63,7 @@ struct ar_eval_s {
   double *scores;           /* S, then exp(S - max) or F, then W */
   double *cvt;              /* U = C V^T */
   double *rescale;          /* exp(old max - new max) per row */
-  /* a tile of rows: the Hessian parts of MATH §3 */
+  /* a tile of rows: the Hessian parts of docs/math.md §3 */
   double *E, *M, *MMt, *alpha, *Npair, *Kpair, *a1c, *a1p;
   ar_hess_parts parts;
   double *sums;             /* reduced: L, grad_X, grad_Y, P^T P */

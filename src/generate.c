@@ -32,35 +32,61 @@ static void fill(double *a, int64_t count, int64_t first, double scale, uint64_t
   for (int64_t i = 0; i < count; i++) a[i] = scale * ar_normal(seed, stream, (uint64_t)(first + i));
 }
 
-/* b_j = softmax(a1_j X A2^T) A3 Y + noise, in a fixed summation order.  a2t is A2^T (d x n). */
-static void forward_rows(const ar_generate_options *o, int64_t r0, int64_t r1, const double *a1, const double *a2t,
-                         const double *a3, const double *X, const double *Y, double *b, double *s)
+#define GEN_CHUNK 4096
+
+/* Key rows [l0, l0 + c) of A2 and A3 (self-attention: both are A). */
+static void key_rows(const ar_generate_options *o, int64_t l0, int64_t c, double *a2, double *a3)
 {
-  const int64_t n = o->n;
+  const double sa = 1.0 / sqrt((double)o->d);
+  fill(a2, c * o->d, l0 * o->d, sa, o->seed, o->self ? STREAM_A1 : STREAM_A2);
+  if (o->self) memcpy(a3, a2, sizeof(double) * c * o->d);
+  else fill(a3, c * o->d, l0 * o->d, sa, o->seed, STREAM_A3);
+}
+
+/* b_j = softmax(a1_j X A2^T) A3 Y + noise for rows [r0, r1), in one fixed summation order
+ * whatever the rank count: s_jl = sum_q t_jq a2_lq (q in order), the row maximum, then
+ * sum_l exp(s_jl - max) and p_j = sum_l exp(s_jl - max) a3_l (l in order).  The key rows are
+ * regenerated a chunk at a time (twice: for the maxima, then for the sums), so a rank holds
+ * O((r1 - r0) d) numbers, not the n x d matrices. */
+static int forward_rows(const ar_generate_options *o, int64_t r0, int64_t r1, const double *a1, const double *X,
+                        const double *Y, double *b)
+{
+  const int64_t n = o->n, nl = r1 - r0;
   const int d = o->d, m = o->m;
-  double t[4096], pj[4096];
-  for (int64_t j = r0; j < r1; j++) {
-    const double *a1j = a1 + (j - r0) * d;
-    for (int q = 0; q < d; q++) {
-      t[q] = 0;
-      for (int pp = 0; pp < d; pp++) t[q] += a1j[pp] * X[pp * d + q];
-    }
-    for (int64_t l = 0; l < n; l++) s[l] = 0;
+  double *t = calloc(nl * d + 1, sizeof(double)), *pj = calloc(nl * d + 1, sizeof(double));
+  double *mx = malloc(sizeof(double) * (nl + 1)), *sum = calloc(nl + 1, sizeof(double));
+  double *a2 = malloc(sizeof(double) * GEN_CHUNK * d), *a3 = malloc(sizeof(double) * GEN_CHUNK * d);
+  int err = t && pj && mx && sum && a2 && a3 ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory generating n=%lld d=%d", (long long)n, d);
+  for (int64_t j = 0; !err && j < nl; j++) {
+    mx[j] = -INFINITY;
     for (int q = 0; q < d; q++)
-      for (int64_t l = 0; l < n; l++) s[l] += t[q] * a2t[q * n + l];
-    double mx = s[0], sum = 0;
-    for (int64_t l = 1; l < n; l++) mx = s[l] > mx ? s[l] : mx;
-    for (int64_t l = 0; l < n; l++) sum += (s[l] = exp(s[l] - mx));
-    for (int k = 0; k < d; k++) pj[k] = 0;
-    for (int64_t l = 0; l < n; l++)
-      for (int k = 0; k < d; k++) pj[k] += s[l] * a3[l * d + k];
-    for (int k = 0; k < d; k++) pj[k] /= sum;
+      for (int pp = 0; pp < d; pp++) t[j * d + q] += a1[j * d + pp] * X[pp * d + q];
+  }
+  for (int pass = 0; !err && pass < 2; pass++)
+    for (int64_t l0 = 0; l0 < n; l0 += GEN_CHUNK) {
+      const int64_t c = n - l0 < GEN_CHUNK ? n - l0 : GEN_CHUNK;
+      key_rows(o, l0, c, a2, a3);
+      for (int64_t j = 0; j < nl; j++)
+        for (int64_t l = 0; l < c; l++) {
+          double s = 0;
+          for (int q = 0; q < d; q++) s += t[j * d + q] * a2[l * d + q];
+          if (pass == 0) {
+            mx[j] = s > mx[j] ? s : mx[j];
+            continue;
+          }
+          const double e = exp(s - mx[j]);
+          sum[j] += e;
+          for (int k = 0; k < d; k++) pj[j * d + k] += e * a3[l * d + k];
+        }
+    }
+  for (int64_t j = 0; !err && j < nl; j++)
     for (int i = 0; i < m; i++) {
       double v = 0;
-      for (int k = 0; k < d; k++) v += pj[k] * Y[k * m + i];
-      b[(j - r0) * m + i] = v + o->noise * ar_normal(o->seed, STREAM_NOISE, (uint64_t)(j * m + i));
+      for (int k = 0; k < d; k++) v += pj[j * d + k] / sum[j] * Y[k * m + i];
+      b[j * m + i] = v + o->noise * ar_normal(o->seed, STREAM_NOISE, (uint64_t)((r0 + j) * m + i));
     }
-  }
+  free(t), free(pj), free(mx), free(sum), free(a2), free(a3);
+  return err;
 }
 
 int ar_generate(MPI_Comm comm, const ar_generate_options *o, const char *dir)
@@ -76,41 +102,31 @@ int ar_generate(MPI_Comm comm, const ar_generate_options *o, const char *dir)
   int64_t r0, r1;
   ar_partition(n, size, rank, &r0, &r1);
   const int64_t nl = r1 - r0;
-  double *a1 = NULL, *a2 = NULL, *a2t = NULL, *a3 = NULL, *X = NULL, *Y = NULL, *X0 = NULL, *b = NULL, *s = NULL;
+  double *a1 = malloc(sizeof(double) * (nl * d + 1)), *a2 = malloc(sizeof(double) * (nl * d + 1));
+  double *a3 = malloc(sizeof(double) * (nl * d + 1)), *b = malloc(sizeof(double) * (nl * m + 1));
+  double *X = malloc(sizeof(double) * d * d), *X0 = malloc(sizeof(double) * d * d), *Y = malloc(sizeof(double) * d * m);
   int err = AR_OK;
-  a1 = malloc(sizeof(double) * (nl * d + 1));
-  a2 = malloc(sizeof(double) * n * d);
-  a2t = malloc(sizeof(double) * n * d);
-  a3 = malloc(sizeof(double) * n * d);
-  X = malloc(sizeof(double) * d * d);
-  X0 = malloc(sizeof(double) * d * d);
-  Y = malloc(sizeof(double) * d * m);
-  b = malloc(sizeof(double) * (nl * m + 1));
-  s = malloc(sizeof(double) * n);
-  if (!a1 || !a2 || !a2t || !a3 || !X || !X0 || !Y || !b || !s)
+  if (!a1 || !a2 || !a3 || !X || !X0 || !Y || !b)
     err = AR_ERROR(AR_ERR_MEM, "out of memory generating n=%lld d=%d", (long long)n, d);
   ar_out out;
   int oerr = ar_out_begin(comm, "--out", dir, &out);
   err = ar_error_agree(comm, err);
   if (!err) err = oerr;
   if (!err) {
-    const double sa = 1.0 / sqrt((double)d);
-    fill(a2, n * d, 0, sa, o->seed, o->self ? STREAM_A1 : STREAM_A2);
-    if (o->self) memcpy(a3, a2, sizeof(double) * n * d), memcpy(a1, a2 + r0 * d, sizeof(double) * nl * d);
-    else fill(a3, n * d, 0, sa, o->seed, STREAM_A3), fill(a1, nl * d, r0 * d, sa, o->seed, STREAM_A1);
-    for (int64_t l = 0; l < n; l++)
-      for (int q = 0; q < d; q++) a2t[q * n + l] = a2[l * d + q];
+    key_rows(o, r0, nl, a2, a3); /* this rank's rows of A2, A3 (and A1 = A2 for self-attention) */
+    if (o->self) memcpy(a1, a2, sizeof(double) * nl * d);
+    else fill(a1, nl * d, r0 * d, 1.0 / sqrt((double)d), o->seed, STREAM_A1);
     fill(X, d * d, 0, o->x_scale, o->seed, STREAM_X);
     fill(Y, d * m, 0, 1.0, o->seed, STREAM_Y);
     for (int i = 0; i < d * d; i++) X0[i] = X[i] + o->start_noise * o->x_scale * ar_normal(o->seed, STREAM_X0, i);
-    forward_rows(o, r0, r1, a1, a2t, a3, X, Y, b, s);
+    err = ar_error_agree(comm, forward_rows(o, r0, r1, a1, X, Y, b));
     char path[4400];
     if (o->self) {
       err = ar_npy_write_rows(comm, ar_out_path(&out, "A.npy", path, sizeof path), n, d, r0, r1, a1);
     } else {
       err = ar_npy_write_rows(comm, ar_out_path(&out, "A1.npy", path, sizeof path), n, d, r0, r1, a1);
-      if (!err) err = ar_npy_write_rows(comm, ar_out_path(&out, "A2.npy", path, sizeof path), n, d, r0, r1, a2 + r0 * d);
-      if (!err) err = ar_npy_write_rows(comm, ar_out_path(&out, "A3.npy", path, sizeof path), n, d, r0, r1, a3 + r0 * d);
+      if (!err) err = ar_npy_write_rows(comm, ar_out_path(&out, "A2.npy", path, sizeof path), n, d, r0, r1, a2);
+      if (!err) err = ar_npy_write_rows(comm, ar_out_path(&out, "A3.npy", path, sizeof path), n, d, r0, r1, a3);
     }
     if (!err) err = ar_npy_write_rows(comm, ar_out_path(&out, "B.npy", path, sizeof path), n, m, r0, r1, b);
     int lerr = AR_OK;
@@ -125,6 +141,6 @@ int ar_generate(MPI_Comm comm, const ar_generate_options *o, const char *dir)
     if (!err) err = ar_out_commit(&out);
     if (err) ar_out_abort(&out);
   }
-  free(a1), free(a2), free(a2t), free(a3), free(X), free(X0), free(Y), free(b), free(s);
+  free(a1), free(a2), free(a3), free(X), free(X0), free(Y), free(b);
   return err;
 }

@@ -38,46 +38,6 @@
 #include "step.h"
 #include "timing.h"
 
-const char *ar_reason_name(ar_reason r)
-{
-  switch (r) {
-#define AR_REASON_CASE(name, text, conv) case name: return text;
-    AR_REASON_MAP(AR_REASON_CASE)
-#undef AR_REASON_CASE
-  }
-  return "UNKNOWN";
-}
-
-int ar_reason_converged(ar_reason r)
-{
-  switch (r) {
-#define AR_REASON_CASE(name, text, conv) case name: return conv;
-    AR_REASON_MAP(AR_REASON_CASE)
-#undef AR_REASON_CASE
-  }
-  return 0;
-}
-
-const char *ar_hessian_name(int kind)
-{
-  switch (kind) {
-#define AR_HESS_CASE(name, value, text) case name: return text;
-    AR_HESSIAN_MAP(AR_HESS_CASE)
-#undef AR_HESS_CASE
-  }
-  return NULL;
-}
-
-const char *ar_method_name(int method)
-{
-  switch (method) {
-#define AR_METHOD_CASE(name, value, text) case name: return text;
-    AR_METHOD_MAP(AR_METHOD_CASE)
-#undef AR_METHOD_CASE
-  }
-  return NULL;
-}
-
 void ar_solver_options_default(ar_solver_options *o)
 {
   memset(o, 0, sizeof *o);

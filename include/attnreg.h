@@ -72,6 +72,21 @@ uint64_t ar_problem_hash(ar_problem prob);
 void ar_partition(int64_t n, int size, int rank, int64_t *r0, int64_t *r1);
 
 /* ------------------------------------------------------------------------------------------
+ * Whitening (docs/math.md §6): A_k = Q_k R_k by rows (shifted CholeskyQR3), and the problem in
+ * the Q's, whose loss at X~ = R1 X R2^T, Y~ = R3 Y equals the original's at X, Y. */
+typedef struct ar_whitening_s *ar_whitening;
+/* Collective: the whitened problem (its own arrays; the data hash of prob) and the factors.
+ * names[3]: how messages name A1, A2, A3 (a column that depends on the others is an error). */
+int ar_whiten(ar_problem prob, const char *const names[3], ar_problem *white, ar_whitening *w);
+void ar_whitening_destroy(ar_whitening *w);  /* not collective */
+/* Not collective (global in, global out; in place allowed): X~ = R1 X R2^T, Y~ = R3 Y. */
+int ar_whiten_point(ar_whitening w, const double *X, const double *Y, double *Xt, double *Yt);
+/* Not collective: X = R1^{-1} X~ R2^{-T}, Y = R3^{-1} Y~. */
+int ar_unwhiten_point(ar_whitening w, const double *Xt, const double *Yt, double *X, double *Y);
+/* Not collective: the gradient in the user's variables, grad_X = R1^T grad_X~ R2, grad_Y = R3^T grad_Y~. */
+int ar_unwhiten_gradient(ar_whitening w, const double *gXt, const double *gYt, double *gX, double *gY);
+
+/* ------------------------------------------------------------------------------------------
  * Distributed dense matrix (ScaLAPACK 2-D block-cyclic) on a BLACS process grid. */
 typedef struct ar_grid_s *ar_grid;
 typedef struct ar_dmat_s *ar_dmat;

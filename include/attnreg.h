@@ -195,6 +195,16 @@ int ar_generate(MPI_Comm comm, const ar_generate_options *opt, const char *dir);
 /* Not collective: the i-th standard normal of stream `stream` for `seed`. */
 double ar_normal(uint64_t seed, uint64_t stream, uint64_t i);
 
+/* Collective: hv = H v at (X, Y) without forming H (docs/math.md §7): H of kind hk (EXACT or
+ * GAUSS_NEWTON), v and hv global vectors of length D.  Two passes over the key blocks; reuses
+ * the per-row state of the last evaluation at (X, Y), or makes it.  flops: added to. */
+int ar_eval_hessvec(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, const double *v, double *hv,
+                    double *flops);
+/* Collective: the pieces of the matrix-free step's preconditioner at (X, Y), all d x d and
+ * global: G1 = A1^T A1, Nbar = (1/n) sum_j 2 M_j M_j^T (Gauss-Newton N_j), and P^T P. */
+int ar_eval_precond(ar_eval ev, const double *X, const double *Y, double *G1, double *Nbar, double *PtP,
+                    double *flops);
+
 /* Collective: P^T P (d x d) and P^T B (d x m) at X, for the least-squares Y step (docs/math.md §5). */
 int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *PtB);
 

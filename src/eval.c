@@ -31,45 +31,9 @@
 
 #include "error.h"
 #include "memory.h"
-#include "problem_impl.h"
-#include "ring.h"
+#include "eval_impl.h"
 #include "softmax.h"
 #include "timing.h"
-
-struct ar_eval_s {
-  ar_problem p;
-  ar_eval_options opt;
-  int64_t tile, chunk;      /* query rows per tile, key rows per chunk */
-  int npair;                /* d (d + 1) / 2 symmetric pairs */
-  int width;                /* ring row: [A2 | A3] (2d), or A2 alone (d) when A3 = A2 */
-  int ld_fwd, ld_bwd;       /* [A3 | A2 | R23]: 2d + d^2;  [A2 | R22]: d + npair */
-  int fused;                /* the key set is one chunk: one pass, tables kept */
-  int tab_fwd_ready, tab_bwd_ready; /* fused only: the tables hold the whole key set */
-  int t1_used;              /* parts.t1 was written by an exact Hessian (GN leaves it 0) */
-  ar_ring *ring;
-  double *kv_own;           /* this rank's [A2 | A3] rows (NULL when A3 = A2: then A2 itself) */
-  /* one row each for this rank's query rows */
-  double *a1x;              /* A1 X */
-  double *fwd;              /* F [A3 | A2 | R23] = [P | beta | F R23]; loss, gradient: P alone */
-  double *bwd;              /* W [A2 | R22] = [W A2 | A2^T diag(w_j) A2 over pairs]; GN, gradient: W A2 */
-  double *rmax, *rsum, *lse; /* online softmax: running max and sum of exp(s - max); log-sum-exp */
-  double *resid;            /* C = P Y - B */
-  double *fu;               /* fu_j = f_j . u_j */
-  /* one row each for the key rows of a chunk */
-  double *tab_fwd;          /* [A3 | A2 | R23], R23[l,(q,k)] = a2_lq a3_lk */
-  double *tab_bwd;          /* [A2 | R22],      R22[l,{q<=q'}] = a2_lq a2_lq' */
-  double *vals;             /* V = A3 Y */
-  /* a tile against a chunk */
-  double *scores;           /* S, then exp(S - max) or F, then W */
-  double *cvt;              /* U = C V^T */
-  double *rescale;          /* exp(old max - new max) per row */
-  /* a tile of rows: the Hessian parts of docs/math.md §3 */
-  double *E, *M, *MMt, *alpha, *Npair, *Kpair, *a1c, *a1p;
-  ar_hess_parts parts;
-  double *sums;             /* reduced: L, grad_X, grad_Y, P^T P */
-  ar_progress *prog;        /* tiles done / tiles to do of the evaluation in progress */
-  double units_done, units_total, nchunks;
-};
 
 void ar_eval_options_default(ar_eval_options *o)
 {
@@ -87,15 +51,6 @@ int ar_eval_options_check(const ar_eval_options *o)
   AR_CHECK(isfinite(o->lambda_x) && o->lambda_x >= 0, AR_ERR_USAGE, "--lambda-x: must be >= 0, got %g", o->lambda_x);
   AR_CHECK(isfinite(o->lambda_y) && o->lambda_y >= 0, AR_ERR_USAGE, "--lambda-y: must be >= 0, got %g", o->lambda_y);
   return AR_OK;
-}
-
-static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha,
-                 const double *A, int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc,
-                 double *flops)
-{
-  if (M == 0 || N == 0) return;
-  cblas_dgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
-  *flops += 2.0 * (double)M * (double)N * (double)K;
 }
 
 static int eval_alloc(ar_eval ev)
@@ -136,6 +91,7 @@ static int eval_alloc(ar_eval ev)
   WORK(ev->parts.t2, (int64_t)d * d * d * m);
   WORK(ev->parts.ptp, d * d);
   WORK(ev->sums, 1 + 2 * d * d + d * m);
+  WORK(ev->at, d * d + d * m);
 #undef WORK
   return err;
 }
@@ -190,9 +146,10 @@ void ar_eval_destroy(ar_eval *pev)
   double *work[] = {ev->kv_own, ev->a1x, ev->fwd, ev->bwd, ev->rmax, ev->rsum, ev->lse, ev->resid, ev->fu,
                     ev->tab_fwd, ev->tab_bwd, ev->vals, ev->scores, ev->cvt, ev->rescale, ev->E, ev->M, ev->MMt,
                     ev->alpha, ev->Npair, ev->Kpair, ev->a1c, ev->a1p, ev->parts.hpair, ev->parts.t1,
-                    ev->parts.t2, ev->parts.ptp, ev->sums};
+                    ev->parts.t2, ev->parts.ptp, ev->sums, ev->at};
   for (size_t i = 0; i < sizeof work / sizeof work[0]; i++) ar_work_free(work[i]);
   ar_hess_parts_free(&ev->parts);
+  ar_hessvec_free(ev);
   ar_ring_destroy(&ev->ring);
   free(ev);
   *pev = NULL;
@@ -214,7 +171,7 @@ static void begin_units(ar_eval ev, int want_grad, int want_hess)
 }
 
 /* One tile done (against a chunk, or its Hessian parts): tell the progress reporter. */
-static void tick(ar_eval ev)
+void ar_eval_tick(ar_eval ev)
 {
   if (!ev->prog) return;
   ev->units_done += 1;
@@ -280,7 +237,7 @@ static void finish_rows(ar_eval ev, const double *Y, int64_t j0, int64_t r, int 
   const int d = p->d, m = p->m;
   double *C = ev->resid + j0 * m;
   memcpy(C, p->b + j0 * m, sizeof(double) * r * m);
-  gemm(CblasNoTrans, CblasNoTrans, r, m, d, 1.0, ev->fwd + j0 * lda, lda, Y, m, -1.0, C, m, flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, m, d, 1.0, ev->fwd + j0 * lda, lda, Y, m, -1.0, C, m, flops);
   for (int64_t j = 0; j < r; j++) {
     double s = 0, f = 0;
     for (int i = 0; i < m; i++) {
@@ -297,13 +254,13 @@ static void backward_tile(ar_eval ev, int64_t j0, int64_t r, const double *vals,
                           int ldt, int ldb, double beta, double *flops)
 {
   const int m = ev->p->m;
-  gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, ev->resid + j0 * m, m, vals, m, 0.0, ev->cvt, cr, flops);
+  ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, ev->resid + j0 * m, m, vals, m, 0.0, ev->cvt, cr, flops);
   for (int64_t j = 0; j < r; j++) {
     double *w = ev->scores + j * cr;
     const double *u = ev->cvt + j * cr, fu = ev->fu[j0 + j];
     for (int64_t l = 0; l < cr; l++) w[l] *= u[l] - fu;
   }
-  gemm(CblasNoTrans, CblasNoTrans, r, ldb, cr, 1.0, ev->scores, cr, T, ldt, beta, ev->bwd + j0 * ldb, ldb, flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, ldb, cr, 1.0, ev->scores, cr, T, ldt, beta, ev->bwd + j0 * ldb, ldb, flops);
 }
 
 /* One rank, one chunk: per tile, the softmax rows whole, then forward and backward with F in
@@ -318,17 +275,17 @@ static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_g
   const double *T = fwd_operand(ev, kv, n, lda, &ldt), *T2 = NULL;
   if (want_grad && Y) {
     T2 = bwd_operand(ev, kv, n, ldb, &ldt2);
-    gemm(CblasNoTrans, CblasNoTrans, n, m, d, 1.0, kv + (ev->width == d ? 0 : d), ev->width, Y, m, 0.0, ev->vals, m,
+    ar_gemm(CblasNoTrans, CblasNoTrans, n, m, d, 1.0, kv + (ev->width == d ? 0 : d), ev->width, Y, m, 0.0, ev->vals, m,
          flops);
   }
   for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
     const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-    gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, n, flops);
-    ar_softmax_rows(ev->scores, r, n);
-    gemm(CblasNoTrans, CblasNoTrans, r, lda, n, 1.0, ev->scores, n, T, ldt, 0.0, ev->fwd + j0 * lda, lda, flops);
+    ar_gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, n, flops);
+    ar_softmax_rows_lse(ev->scores, r, n, ev->lse + j0);
+    ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, n, 1.0, ev->scores, n, T, ldt, 0.0, ev->fwd + j0 * lda, lda, flops);
     if (Y) finish_rows(ev, Y, j0, r, lda, loss, flops);
     if (T2) backward_tile(ev, j0, r, ev->vals, n, T2, ldt2, ldb, 0.0, flops);
-    tick(ev);
+    ar_eval_tick(ev);
   }
 }
 
@@ -350,14 +307,14 @@ static int forward_trip(ar_eval ev, int lda, double *flops)
       const double *T = fwd_operand(ev, kv, cr, lda, &ldt);
       for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
         const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-        gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
+        ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
         ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
         for (int64_t j = 0; j < r; j++)
           if (ev->rescale[j] != 1.0)
             for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
-        gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, T, ldt, 1.0, ev->fwd + j0 * lda, lda, flops);
+        ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, T, ldt, 1.0, ev->fwd + j0 * lda, lda, flops);
         ar_ring_progress(ev->ring);
-        tick(ev);
+        ar_eval_tick(ev);
       }
     }
     AR_CALL(ar_ring_next(ev->ring));
@@ -385,14 +342,14 @@ static int backward_trip(ar_eval ev, const double *Y, int ldb, double *flops)
       const double *kv = block + c0 * w;
       int ldt;
       const double *T = bwd_operand(ev, kv, cr, ldb, &ldt);
-      gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, Y, m, 0.0, ev->vals, m, flops);
+      ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, Y, m, 0.0, ev->vals, m, flops);
       for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
         const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-        gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
+        ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
         ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
         backward_tile(ev, j0, r, ev->vals, cr, T, ldt, ldb, first_chunk ? 0.0 : 1.0, flops);
         ar_ring_progress(ev->ring);
-        tick(ev);
+        ar_eval_tick(ev);
       }
     }
     AR_CALL(ar_ring_next(ev->ring));
@@ -414,7 +371,7 @@ static void tile_hessian(ar_eval ev, const double *Y, int64_t j0, int64_t r, int
     for (int q = 0; q < d; q++)
       for (int k = 0; k < d; k++) E[j * dd + q * d + k] = fr23[q * d + k] - beta[q] * P[k];
   }
-  gemm(CblasNoTrans, CblasNoTrans, r * d, m, d, 1.0, E, d, Y, m, 0.0, M, m, flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, r * d, m, d, 1.0, E, d, Y, m, 0.0, M, m, flops);
   /* N_j and K_j = a1_j a1_j^T over symmetric pairs */
   for (int64_t j = 0; j < r; j++) {
     const double *Mj = M + j * dm, *al = ev->alpha + j * d, *be = fwd + j * lda + d, *a1j = a1t + j * d;
@@ -430,7 +387,7 @@ static void tile_hessian(ar_eval ev, const double *Y, int64_t j0, int64_t r, int
       }
     *flops += (double)np * (2.0 * m + 8); /* dsyrk + the pair loop */
   }
-  gemm(CblasTrans, CblasNoTrans, np, np, r, 1.0, ev->Kpair, np, ev->Npair, np, 1.0, ev->parts.hpair, np, flops);
+  ar_gemm(CblasTrans, CblasNoTrans, np, np, r, 1.0, ev->Kpair, np, ev->Npair, np, 1.0, ev->parts.hpair, np, flops);
   /* H_xy terms: a1c[j,(p,i)] = a1_jp C[j,i] (exact only), a1p[j,(p,k)] = a1_jp P[j,k] */
   for (int64_t j = 0; j < r; j++)
     for (int pp = 0; pp < d; pp++) {
@@ -439,8 +396,8 @@ static void tile_hessian(ar_eval ev, const double *Y, int64_t j0, int64_t r, int
         for (int i = 0; i < m; i++) ev->a1c[j * dm + pp * m + i] = a * C[j * m + i];
       for (int k = 0; k < d; k++) ev->a1p[j * dd + pp * d + k] = a * fwd[j * lda + k];
     }
-  if (exact) gemm(CblasTrans, CblasNoTrans, dm, dd, r, 1.0, ev->a1c, dm, E, dd, 1.0, ev->parts.t1, dd, flops);
-  gemm(CblasTrans, CblasNoTrans, dd, dm, r, 1.0, ev->a1p, dd, M, dm, 1.0, ev->parts.t2, dm, flops);
+  if (exact) ar_gemm(CblasTrans, CblasNoTrans, dm, dd, r, 1.0, ev->a1c, dm, E, dd, 1.0, ev->parts.t1, dd, flops);
+  ar_gemm(CblasTrans, CblasNoTrans, dd, dm, r, 1.0, ev->a1p, dd, M, dm, 1.0, ev->parts.t2, dm, flops);
 }
 
 /* Per row tile after both passes: gradient sums, P^T P, and the Hessian parts. */
@@ -453,27 +410,31 @@ static void finish_gradient(ar_eval ev, const double *Y, int lda, int ldb, ar_he
   for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
     const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
     const double *a1t = p->a1 + j0 * d, *P = ev->fwd + j0 * lda, *C = ev->resid + j0 * m, *WA2 = ev->bwd + j0 * ldb;
-    gemm(CblasTrans, CblasNoTrans, d, d, r, 2.0, a1t, d, WA2, ldb, 1.0, gX, d, flops);
-    gemm(CblasTrans, CblasNoTrans, d, m, r, 2.0, P, lda, C, m, 1.0, gY, m, flops);
-    gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, P, lda, P, lda, 1.0, ptp, d, flops);
+    ar_gemm(CblasTrans, CblasNoTrans, d, d, r, 2.0, a1t, d, WA2, ldb, 1.0, gX, d, flops);
+    ar_gemm(CblasTrans, CblasNoTrans, d, m, r, 2.0, P, lda, C, m, 1.0, gY, m, flops);
+    ar_gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, P, lda, P, lda, 1.0, ptp, d, flops);
     if (hk == AR_HESS_NONE) continue;
     const double th = ar_wtime();
     for (int64_t j = 0; j < r; j++) /* alpha = A2^T (f o u) = W A2 + fu beta */
       for (int q = 0; q < d; q++) ev->alpha[j * d + q] = WA2[j * ldb + q] + ev->fu[j0 + j] * P[j * lda + d + q];
     tile_hessian(ev, Y, j0, r, lda, ldb, hk, flops);
     *t_hess += ar_wtime() - th;
-    tick(ev);
+    ar_eval_tick(ev);
   }
 }
 
 /* Collective: the forward pass (and the backward one if want_grad) into fwd, bwd, C, fu. */
-static int passes(ar_eval ev, const double *X, const double *Y, int lda, int ldb, int want_grad, double *loss,
+int ar_eval_passes(ar_eval ev, const double *X, const double *Y, int lda, int ldb, int want_grad, double *loss,
                   double *flops)
 {
   ar_problem p = ev->p;
-  const int d = p->d;
-  gemm(CblasNoTrans, CblasNoTrans, p->nloc, d, d, 1.0, p->a1, d, X, d, 0.0, ev->a1x, d, flops);
+  const int d = p->d, m = p->m;
+  ar_gemm(CblasNoTrans, CblasNoTrans, p->nloc, d, d, 1.0, p->a1, d, X, d, 0.0, ev->a1x, d, flops);
   *loss = 0;
+  /* the per-row state is that of this point from here on (Hessian-vector products reuse it) */
+  ev->at_valid = Y != NULL, ev->at_lda = lda;
+  memcpy(ev->at, X, sizeof(double) * d * d);
+  if (Y) memcpy(ev->at + d * d, Y, sizeof(double) * d * m);
   if (ev->fused) {
     fused_pass(ev, Y, lda, ldb, want_grad, loss, flops);
     return AR_OK;
@@ -504,7 +465,7 @@ int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
     memset(ev->parts.t2, 0, sizeof(double) * dd * dm);
   }
   begin_units(ev, want_grad, hk != AR_HESS_NONE);
-  AR_CALL(passes(ev, X, Y, lda, ldb, want_grad, &sums[0], &flops));
+  AR_CALL(ar_eval_passes(ev, X, Y, lda, ldb, want_grad, &sums[0], &flops));
   if (want_grad) finish_gradient(ev, Y, lda, ldb, hk, &flops, &t_hess);
   double t1 = ar_wtime();
   const int nred = want_grad ? 1 + 2 * dd + dm : 1;
@@ -539,9 +500,9 @@ int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *P
   memset(PtP, 0, sizeof(double) * d * d);
   memset(PtB, 0, sizeof(double) * d * m);
   begin_units(ev, 0, 0);
-  AR_CALL(passes(ev, X, NULL, d, d, 0, &loss, &flops)); /* P alone */
-  gemm(CblasTrans, CblasNoTrans, d, d, p->nloc, 1.0, ev->fwd, d, ev->fwd, d, 1.0, PtP, d, &flops);
-  gemm(CblasTrans, CblasNoTrans, d, m, p->nloc, 1.0, ev->fwd, d, p->b, m, 1.0, PtB, m, &flops);
+  AR_CALL(ar_eval_passes(ev, X, NULL, d, d, 0, &loss, &flops)); /* P alone */
+  ar_gemm(CblasTrans, CblasNoTrans, d, d, p->nloc, 1.0, ev->fwd, d, ev->fwd, d, 1.0, PtP, d, &flops);
+  ar_gemm(CblasTrans, CblasNoTrans, d, m, p->nloc, 1.0, ev->fwd, d, p->b, m, 1.0, PtB, m, &flops);
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, PtP, d * d, MPI_DOUBLE, MPI_SUM, p->comm));
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, PtB, d * m, MPI_DOUBLE, MPI_SUM, p->comm));
   return AR_OK;

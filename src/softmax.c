@@ -83,15 +83,19 @@ AR_CLONES static void scale(double *x, int64_t n, double a)
   for (int64_t l = 0; l < n; l++) x[l] *= a;
 }
 
-void ar_softmax_rows(double *s, int64_t r, int64_t n)
+void ar_softmax_rows_lse(double *s, int64_t r, int64_t n, double *lse)
 {
   for (int64_t j = 0; j < r; j++) {
-    double *row = s + j * n;
-    shift(row, n, row_max(row, n));
+    double *row = s + j * n, mx = row_max(row, n);
+    shift(row, n, mx);
     exp_nonpositive(row, n);
-    scale(row, n, 1.0 / row_sum(row, n));
+    const double sum = row_sum(row, n);
+    scale(row, n, 1.0 / sum);
+    if (lse) lse[j] = mx + log(sum);
   }
 }
+
+void ar_softmax_rows(double *s, int64_t r, int64_t n) { ar_softmax_rows_lse(s, r, n, NULL); }
 
 void ar_softmax_online(double *s, int64_t r, int64_t c, double *rmax, double *rsum, double *rescale)
 {

@@ -6,6 +6,8 @@
 
 /* Not collective: softmax of each of the r rows (length n) of s, in place. */
 void ar_softmax_rows(double *s, int64_t r, int64_t n);
+/* Not collective: the same, and lse[j] = log sum_l exp(s_jl) of each row (lse may be NULL). */
+void ar_softmax_rows_lse(double *s, int64_t r, int64_t n, double *lse);
 /* Not collective: one chunk (c columns) of an online softmax over r rows.  With the running
  * row maxima rmax and sums rsum of exp(s - rmax) over the earlier chunks: the row becomes
  * exp(s - new max), rsum and rmax are updated, and rescale[j] = exp(old max - new max) is the

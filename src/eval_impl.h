@@ -1,0 +1,67 @@
+/* Private layout of the evaluator (eval.c: loss, gradient, Hessian parts; hessvec.c:
+ * Hessian-vector products and the preconditioner's pieces). */
+#ifndef AR_EVAL_IMPL_H
+#define AR_EVAL_IMPL_H
+
+#include <cblas.h>
+
+#include "problem_impl.h"
+#include "ring.h"
+
+struct ar_eval_s {
+  ar_problem p;
+  ar_eval_options opt;
+  int64_t tile, chunk;      /* query rows per tile, key rows per chunk */
+  int npair;                /* d (d + 1) / 2 symmetric pairs */
+  int width;                /* ring row: [A2 | A3] (2d), or A2 alone (d) when A3 = A2 */
+  int ld_fwd, ld_bwd;       /* [A3 | A2 | R23]: 2d + d^2;  [A2 | R22]: d + npair */
+  int fused;                /* the key set is one chunk: one pass, tables kept */
+  int tab_fwd_ready, tab_bwd_ready; /* fused only: the tables hold the whole key set */
+  int t1_used;              /* parts.t1 was written by an exact Hessian (GN leaves it 0) */
+  ar_ring *ring;
+  double *kv_own;           /* this rank's [A2 | A3] rows (NULL when A3 = A2: then A2 itself) */
+  /* one row each for this rank's query rows */
+  double *a1x;              /* A1 X */
+  double *fwd;              /* F [A3 | A2 | R23] = [P | beta | F R23]; loss, gradient: P alone */
+  double *bwd;              /* W [A2 | R22] = [W A2 | A2^T diag(w_j) A2 over pairs]; GN, gradient: W A2 */
+  double *rmax, *rsum, *lse; /* online softmax: running max and sum of exp(s - max); log-sum-exp */
+  double *resid;            /* C = P Y - B */
+  double *fu;               /* fu_j = f_j . u_j */
+  /* one row each for the key rows of a chunk */
+  double *tab_fwd;          /* [A3 | A2 | R23], R23[l,(q,k)] = a2_lq a3_lk */
+  double *tab_bwd;          /* [A2 | R22],      R22[l,{q<=q'}] = a2_lq a2_lq' */
+  double *vals;             /* V = A3 Y */
+  /* a tile against a chunk */
+  double *scores;           /* S, then exp(S - max) or F, then W */
+  double *cvt;              /* U = C V^T */
+  double *rescale;          /* exp(old max - new max) per row */
+  /* a tile of rows: the Hessian parts of docs/math.md §3 */
+  double *E, *M, *MMt, *alpha, *Npair, *Kpair, *a1c, *a1p;
+  ar_hess_parts parts;
+  double *sums;             /* reduced: L, grad_X, grad_Y, P^T P */
+  ar_progress *prog;        /* tiles done / tiles to do of the evaluation in progress */
+  double *at;               /* the point (X, Y) the per-row state belongs to */
+  int at_valid, at_lda;     /* ... whether it holds C and fu, and fwd's row stride */
+  struct ar_hessvec_s *hv;  /* Hessian-vector work arrays (hessvec.c), made at the first product */
+  double units_done, units_total, nchunks;
+};
+
+static inline void ar_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha,
+                           const double *A, int64_t lda, const double *B, int64_t ldb, double beta, double *C,
+                           int64_t ldc, double *flops)
+{
+  if (M == 0 || N == 0) return;
+  cblas_dgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+  *flops += 2.0 * (double)M * (double)N * (double)K;
+}
+
+/* Collective: the forward pass at (X, Y) (and the backward one with want_grad): a1x, fwd (P
+ * first, row stride lda), lse, C, fu for this rank's rows; Y NULL: P alone. */
+int ar_eval_passes(ar_eval ev, const double *X, const double *Y, int lda, int ldb, int want_grad, double *loss,
+                   double *flops);
+/* Not collective: one unit of work done (progress). */
+void ar_eval_tick(ar_eval ev);
+/* Not collective: release the Hessian-vector work arrays (hessvec.c). */
+void ar_hessvec_free(ar_eval ev);
+
+#endif

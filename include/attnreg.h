@@ -173,6 +173,7 @@ int64_t ar_eval_tile(ar_eval ev);                    /* global: query rows per t
 int64_t ar_eval_chunk(ar_eval ev);                   /* global: key rows per chunk in use */
 ar_problem ar_eval_problem(ar_eval ev);              /* global: the problem it evaluates */
 void ar_eval_set_progress(ar_eval ev, ar_progress *p); /* not collective: report tiles done to p */
+void ar_eval_ridge(ar_eval ev, double *lambda_x, double *lambda_y); /* global: the ridge weights */
 /* Collective: L at z (global X, Y); grad if out->grad != NULL; Hessian of kind hk into
  * out->hess if hk != AR_HESS_NONE (out->hess must be a D x D ar_dmat). */
 int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, ar_eval_out *out);
@@ -247,16 +248,32 @@ typedef enum {
 #define AR_METHOD_COUNT 2
 const char *ar_method_name(int method);     /* not collective: "joint", ...; NULL if not a method */
 
+/* Linear solvers of the Newton step (stored in checkpoints): the dense Cholesky of the
+ * assembled Hessian, matrix-free conjugate gradients, or the cheaper by the plan's model. */
+#define AR_LINSOLVE_MAP(X)                 \
+  X(AR_LINSOLVE_CHOLESKY, 0, "cholesky")   \
+  X(AR_LINSOLVE_CG, 1, "cg")               \
+  X(AR_LINSOLVE_AUTO, 2, "auto")
+
+typedef enum {
+#define AR_LINSOLVE_ENUM(name, value, text) name = value,
+  AR_LINSOLVE_MAP(AR_LINSOLVE_ENUM)
+#undef AR_LINSOLVE_ENUM
+} ar_linear_solver;
+const char *ar_linear_solver_name(int ls); /* not collective: "cholesky", ...; NULL if none */
+
 /* One row of the history.  The fields come from one list (X(type, name): type int or double),
  * which the struct and the checkpoint serialiser both follow:
  *   iter      0 = the starting point
  *   accepted  the trial step of this iteration was taken
  *   hessian   ar_hessian_kind of the Hessian behind this step (iteration 0: at the start)
  *   chord     1: the step reused the factor of an earlier point's Hessian (chord step)
+ *   cg_iters  conjugate-gradient iterations of the step (matrix-free method; 0 otherwise)
  *   loss, rel_loss (loss / ||B||^2), grad_norm, mu, rho (gain ratio), step_norm, seconds */
 #define AR_ITER_FIELDS(X)                                                                           \
-  X(int, iter) X(int, accepted) X(int, hessian) X(int, chord) X(double, loss) X(double, rel_loss)  \
-  X(double, grad_norm) X(double, mu) X(double, rho) X(double, step_norm) X(double, seconds)
+  X(int, iter) X(int, accepted) X(int, hessian) X(int, chord) X(int, cg_iters) X(double, loss)     \
+  X(double, rel_loss) X(double, grad_norm) X(double, mu) X(double, rho) X(double, step_norm)         \
+  X(double, seconds)
 
 typedef struct {
 #define AR_FIELD_DECL(type, name) type name;
@@ -301,6 +318,8 @@ typedef int (*ar_checkpoint_fn)(const ar_solver_state *st, void *ctx);
 typedef struct {
   int method;                /* ar_method */
   int hessian;               /* ar_hessian_kind: EXACT, GAUSS_NEWTON or AUTO */
+  int linear_solver;         /* ar_linear_solver (AUTO: by the plan's flop model) */
+  int cg_max_iter;           /* matrix-free: conjugate-gradient iterations per step at most */
   int chord_steps;           /* steps that reuse one Cholesky factor after the Newton step (0: none) */
   int64_t max_iter;
   double time_limit;         /* seconds, <= 0: none */
@@ -327,9 +346,12 @@ typedef struct {
   int iterations;
   double loss, rel_loss, grad_norm;
   ar_iter_info *history;     /* iterations + 1 entries (caller frees) */
+  double *grad;              /* the final gradient, D entries (caller frees) */
   int nb;                    /* ScaLAPACK block size used */
   double flops;              /* local */
   double t_kernel, t_hess, t_reduce, t_ring, t_factor, t_solve, t_total; /* local seconds */
+  int hessvecs;              /* Hessian-vector products (matrix-free method) */
+  int linear_solver;         /* the method used (AUTO resolved) */
 } ar_solve_result;
 
 /* Collective: minimise from (X, Y) (global, updated in place). */
@@ -350,11 +372,15 @@ typedef struct {
   int64_t n, tile, chunk, rows_per_rank;
   int d, m, D, ranks, pr, pc, nb;
   int fused;             /* one rank, one chunk: forward and backward fused (no recomputation) */
+  int linear_solver;     /* the Newton step the numbers are for: AR_LINSOLVE_CHOLESKY or _CG */
   /* bytes on the most loaded rank */
   double mem_inputs, mem_ring, mem_rows, mem_chunk, mem_tiles, mem_parts, mem_hessian, mem_assembly, mem_solver,
       mem_baseline, mem_total;
   /* flops of the whole job per Newton iteration (model of docs/math.md) */
   double flops_loss_grad, flops_hessian, flops_trial, flops_cholesky, flops_total;
+  /* the matrix-free step: one Hessian-vector product, the preconditioner, the products per
+   * step assumed by the model (the dense step's flops_hessian, flops_cholesky are then 0) */
+  double flops_hessvec, flops_precond, cg_iters;
   /* bytes sent per rank per Newton iteration (estimates) */
   double comm_ring, comm_allreduce, comm_hessian, comm_cholesky, comm_total;
 } ar_plan;
@@ -363,9 +389,15 @@ typedef struct {
 #define AR_ASSEMBLY_BYTES (64.0 * 1048576.0)
 
 /* Not collective.  pr = pc = 0: default grid; nb <= 0: default block size; tile <= 0: from
- * tile_mem_mb (as ar_eval_create chooses it). */
+ * tile_mem_mb (as ar_eval_create chooses it); ls: the linear solver (AUTO: resolved by
+ * ar_plan_linear_solver without a memory budget). */
 int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
-                    double tile_mem_mb, ar_hessian_kind hk, ar_plan *plan);
+                    double tile_mem_mb, ar_hessian_kind hk, int ls, ar_plan *plan);
+/* Not collective: what --linear-solver auto picks: the dense Cholesky when it fits the budget
+ * (bytes per rank; <= 0: no limit) and its Hessian and factorisation cost no more flops per
+ * Newton iteration than the matrix-free step's model; otherwise CG (if it fits). */
+int ar_plan_linear_solver(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
+                          double tile_mem_mb, ar_hessian_kind hk, double budget);
 /* Not collective: the query rows per tile and key rows per chunk that ar_eval_create uses. */
 void ar_plan_tiles(int64_t n, int d, int m, int ranks, int64_t tile, int64_t chunk, double tile_mem_mb,
                    int64_t *rows, int64_t *chunk_rows);

@@ -1,9 +1,10 @@
-/* Checkpoint file format (little-endian), version 2:
- *   "ARCKPT" 0x02 0x00 | n i64 | d i32 | m i32 | data_hash u64 | method i32 | hessian i32 | chord_steps i32 |
- *   lambda_x f64 | lambda_y f64 | iter i32 | accepted i32 | mu nu f_prev g0norm step_norm rho f64 |
- *   h_kind hk_next h_fresh nchord i32 | fact_shift contraction f64 | D i32 | z[D] f64 | zf[D] f64 |
- *   nhist i32 (= iter + 1) | nhist x (iter accepted hessian chord i32, loss rel_loss grad_norm mu
- *   rho step_norm seconds f64) | FNV-1a 64 checksum of every byte before it. */
+/* Checkpoint file format (little-endian), version 3:
+ *   "ARCKPT" 0x03 0x00 | n i64 | d i32 | m i32 | data_hash u64 | method i32 | hessian i32 |
+ *   chord_steps i32 | linear_solver i32 | whiten i32 | lambda_x f64 | lambda_y f64 |
+ *   the scalar fields of ar_solver_state in the order of AR_STATE_FIELDS (int: i32, double: f64) |
+ *   D i32 | z[D] f64 | zf[D] f64 | nhist i32 (= iter + 1) | nhist rows, each the fields of
+ *   ar_iter_info in the order of AR_ITER_FIELDS | FNV-1a 64 checksum of every byte before it.
+ * (Version 2 had no linear_solver, whiten or cg_iters.) */
 #include "checkpoint.h"
 
 #include <errno.h>
@@ -15,7 +16,7 @@
 
 #include "error.h"
 
-static const char magic[8] = {'A', 'R', 'C', 'K', 'P', 'T', 2, 0};
+static const char magic[8] = {'A', 'R', 'C', 'K', 'P', 'T', 3, 0};
 #define AR_CKPT_MAX_D (1 << 24)
 #define AR_CKPT_MAX_ITER (1 << 24)
 
@@ -73,7 +74,8 @@ int ar_checkpoint_write(const char *path, const ar_checkpoint *c)
   wbuf w = {0};
   put(&w, magic, sizeof magic);
   PUT(&w, c->n), put_int(&w, c->d), put_int(&w, c->m), PUT(&w, c->data_hash), put_int(&w, c->method);
-  put_int(&w, c->hessian), put_int(&w, c->chord_steps), PUT(&w, c->lambda_x), PUT(&w, c->lambda_y);
+  put_int(&w, c->hessian), put_int(&w, c->chord_steps), put_int(&w, c->linear_solver), put_int(&w, c->whiten);
+  PUT(&w, c->lambda_x), PUT(&w, c->lambda_y);
   AR_STATE_FIELDS(PUT_STATE)
   put_int(&w, s->D);
   put(&w, s->z, sizeof(double) * s->D);
@@ -132,7 +134,8 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   rbuf r = {buf, len, 0};
   char mg[8];
   AR_CHECK(get(&r, mg, 8) && !memcmp(mg, magic, 6), AR_ERR_DATA, "%s: not an attnreg checkpoint", name);
-  AR_CHECK(mg[6] == 2 && mg[7] == 0, AR_ERR_DATA, "%s: checkpoint format version %d is not supported", name, mg[6]);
+  AR_CHECK(mg[6] == 3 && mg[7] == 0, AR_ERR_DATA, "%s: checkpoint format version %d is not supported (this attnreg "
+           "reads version 3)", name, mg[6]);
   AR_CHECK(len >= 16, AR_ERR_DATA, "%s: truncated checkpoint", name);
   uint64_t sum;
   memcpy(&sum, buf + len - 8, 8);
@@ -141,6 +144,7 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   ar_solver_state *s = &c->st;
   int ok = GET(&r, c->n) && get_int(&r, &c->d) && get_int(&r, &c->m) && GET(&r, c->data_hash) &&
            get_int(&r, &c->method) && get_int(&r, &c->hessian) && get_int(&r, &c->chord_steps) &&
+           get_int(&r, &c->linear_solver) && get_int(&r, &c->whiten) &&
            GET(&r, c->lambda_x) && GET(&r, c->lambda_y);
   AR_STATE_FIELDS(GET_STATE)
   ok = ok && get_int(&r, &s->D);
@@ -151,6 +155,8 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   const int kinds_ok = valid_kind(s->h_kind) && valid_kind(s->hk_next) && (s->h_fresh == 0 || s->h_fresh == 1);
   AR_CHECK(s->iter >= 0 && s->iter < AR_CKPT_MAX_ITER && ar_method_name(c->method) &&
                (valid_kind(c->hessian) || c->hessian == AR_HESS_AUTO) && kinds_ok && c->chord_steps >= 0 &&
+               (c->linear_solver == AR_LINSOLVE_CHOLESKY || c->linear_solver == AR_LINSOLVE_CG) &&
+               (c->whiten == 0 || c->whiten == 1) &&
                s->nchord >= 0 && s->nchord <= s->iter,
            AR_ERR_DATA, "%s: invalid solver state in checkpoint", name);
   AR_CHECK((r.len - r.off) / 2 >= sizeof(double) * (size_t)D, AR_ERR_DATA, "%s: truncated checkpoint", name);
@@ -177,7 +183,8 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   for (int i = 0; i < nh; i++) {
     ar_iter_info *h = &s->history[i];
     AR_ITER_FIELDS(GET_ITER)
-    hist_ok &= (h->accepted == 0 || h->accepted == 1) && valid_kind(h->hessian) && (h->chord == 0 || h->chord == 1);
+    hist_ok &= (h->accepted == 0 || h->accepted == 1) && valid_kind(h->hessian) && (h->chord == 0 || h->chord == 1) &&
+               h->cg_iters >= 0;
   }
   int finite = isfinite(s->mu) && isfinite(s->nu) && isfinite(s->g0norm) && isfinite(s->fact_shift) &&
                s->contraction >= 0; /* may be +inf after a step to a non-finite gradient */

@@ -14,6 +14,8 @@ typedef struct {
   uint64_t data_hash;        /* ar_problem_hash of the inputs */
   int method, hessian;       /* ar_method, ar_hessian_kind (AUTO included) */
   int chord_steps;           /* --chord-steps */
+  int linear_solver;         /* ar_linear_solver in use (never AUTO) */
+  int whiten;                /* 1: the state is in whitened variables (X~, Y~) */
   double lambda_x, lambda_y;
   ar_solver_state st;        /* st.z, st.zf and st.history are owned (ar_checkpoint_free) */
 } ar_checkpoint;

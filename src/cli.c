@@ -42,7 +42,7 @@ int ar_cli_load_problem(MPI_Comm comm, const ar_common_cfg *c, ar_problem *prob)
   return ar_problem_load(comm, &ps, prob);
 }
 
-int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_rank_gb)
+int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_rank_gb, int hessian, int *ls)
 {
   ar_data_paths ps;
   ar_npy_header ha, hb;
@@ -53,15 +53,20 @@ int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_ra
   int size;
   MPI_Comm_size(comm, &size);
   ar_plan p;
-  AR_CALL(ar_plan_compute(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
-                          c->eval.chunk, c->eval.tile_mem_mb, AR_HESS_EXACT, &p));
   double budget;
   char source[128];
   AR_CALL(ar_cli_memory_budget(comm, mem_per_rank_gb, &budget, source, sizeof source));
+  /* the exact Hessian's footprint (auto and Gauss-Newton may need it too) */
+  const int hk = hessian == AR_HESS_GAUSS_NEWTON ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT;
+  if (*ls == AR_LINSOLVE_AUTO)
+    *ls = ar_plan_linear_solver(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
+                                c->eval.chunk, c->eval.tile_mem_mb, hk, budget);
+  AR_CALL(ar_plan_compute(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
+                          c->eval.chunk, c->eval.tile_mem_mb, hk, *ls, &p));
   AR_CHECK(p.mem_total <= budget, AR_ERR_USAGE,
            "n=%lld d=%d m=%d on %d ranks needs an estimated %.0f MB per rank (rows %.0f, ring %.0f, tiles and chunks "
            "%.0f, Hessian %.0f + assembly %.0f) but the budget is %.0f MB (%s): use more ranks, a smaller --tile-mem, "
-           "or see attnreg plan",
+           "--linear-solver cg, or see attnreg plan",
            (long long)p.n, p.d, p.m, size, p.mem_total / 1048576, (p.mem_inputs + p.mem_rows) / 1048576,
            p.mem_ring / 1048576, (p.mem_tiles + p.mem_chunk) / 1048576, (p.mem_hessian + p.mem_parts) / 1048576,
            p.mem_assembly / 1048576, budget / 1048576, source);
@@ -161,10 +166,17 @@ void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *sou
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) fprintf(f, "  %-48s %12.1f\n", rows[i].what, mb(rows[i].bytes));
   fprintf(f, "  %-48s %12.1f   budget %.1f (%s): %s\n", "total", mb(p->mem_total), mb(budget), source,
           p->mem_total <= budget ? "fits" : "DOES NOT FIT");
-  fprintf(f, "flops per Newton iteration (whole job, GFLOP):\n");
-  fprintf(f, "  loss + gradient %.3f, Hessian %.3f, trial loss %.3f, Cholesky + solve %.3f, total %.3f\n",
-          p->flops_loss_grad * 1e-9, p->flops_hessian * 1e-9, p->flops_trial * 1e-9, p->flops_cholesky * 1e-9,
-          p->flops_total * 1e-9);
+  fprintf(f, "flops per Newton iteration (whole job, GFLOP), %s step:\n",
+          p->linear_solver == AR_LINSOLVE_CG ? "matrix-free CG" : "dense Cholesky");
+  if (p->linear_solver == AR_LINSOLVE_CG)
+    fprintf(f, "  loss + gradient %.3f, preconditioner %.3f + %.0f Hessian-vector products x %.3f, trial loss %.3f, "
+               "total %.3f\n",
+            p->flops_loss_grad * 1e-9, p->flops_precond * 1e-9, p->cg_iters, p->flops_hessvec * 1e-9,
+            p->flops_trial * 1e-9, p->flops_total * 1e-9);
+  else
+    fprintf(f, "  loss + gradient %.3f, Hessian %.3f, trial loss %.3f, Cholesky + solve %.3f, total %.3f\n",
+            p->flops_loss_grad * 1e-9, p->flops_hessian * 1e-9, p->flops_trial * 1e-9, p->flops_cholesky * 1e-9,
+            p->flops_total * 1e-9);
   fprintf(f, "  per rank %.3f GFLOP\n", p->flops_total / p->ranks * 1e-9);
   fprintf(f, "communication per rank per Newton iteration (estimate, MB):\n");
   fprintf(f, "  ring %.3f, allreduce %.3f, Hessian reduce-scatter + transpose %.3f, Cholesky %.3f, total %.3f\n",

@@ -10,7 +10,7 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
 {
   int64_t n = 0, d = 0, m = 0, ranks = 0;
   double mem = 0;
-  int hess = AR_HESS_EXACT, done, rank;
+  int hess = AR_HESS_EXACT, ls = AR_LINSOLVE_AUTO, done, rank;
   ar_common_cfg c;
   ar_common_cfg_default(&c);
   ar_option opts[] = {
@@ -20,6 +20,8 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
       {"ranks", AR_OPT_INT64, &ranks, "MPI ranks, required", NULL, 1},
       AR_LAYOUT_OPTIONS(c),
       {"hessian", AR_OPT_CHOICE, &hess, "Hessian kind", NULL, 0, 0, "exact|gauss-newton", ar_hessian_name},
+      {"linear-solver", AR_OPT_CHOICE, &ls, "Newton step: dense Cholesky, matrix-free CG, or the cheaper that fits",
+       NULL, 0, 0, "auto|cholesky|cg", ar_linear_solver_name},
       {"mem-per-rank", AR_OPT_DOUBLE, &mem, "memory budget per rank in GB", "from SLURM or the node", 0, 1},
   };
   const int nopts = sizeof opts / sizeof opts[0];
@@ -30,11 +32,14 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
   AR_CHECK(d <= 4096 && (m ? m : d) <= 1 << 20 && ranks <= 1 << 24, AR_ERR_USAGE, "--d, --m or --ranks out of range");
   AR_CALL(ar_eval_options_check(&c.eval));
   ar_plan p;
-  AR_CALL(ar_plan_compute(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
-                          c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, &p));
   double budget;
   char source[128];
   AR_CALL(ar_cli_memory_budget(comm, mem, &budget, source, sizeof source));
+  if (ls == AR_LINSOLVE_AUTO)
+    ls = ar_plan_linear_solver(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
+                               c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, budget);
+  AR_CALL(ar_plan_compute(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
+                          c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, ls, &p));
   MPI_Comm_rank(comm, &rank);
   if (rank == 0) ar_cli_print_plan(stdout, &p, budget, source);
   return AR_OK;

@@ -21,11 +21,20 @@ typedef struct {
   ar_solver_options so;
   const char *x0, *y0, *out, *checkpoint, *restart;
   double mem_per_rank;
+  int whiten; /* WHITEN_AUTO, _ON, _OFF */
 } solve_cfg;
+
+/* --whiten: on when the ridge weights are 0 (auto), or as asked. */
+enum { WHITEN_AUTO, WHITEN_ON, WHITEN_OFF };
+static const char *whiten_name(int w)
+{
+  return w == WHITEN_AUTO ? "auto" : w == WHITEN_ON ? "on" : w == WHITEN_OFF ? "off" : NULL;
+}
 
 /* One run: what setup makes and the end releases. */
 typedef struct {
-  ar_problem prob;
+  ar_problem prob;          /* the problem solved: the whitened one when whitened */
+  ar_whitening white;       /* NULL: not whitened */
   ar_grid grid;
   ar_eval ev;
   double *X, *Y;
@@ -36,6 +45,7 @@ typedef struct {
   int64_t n;
   int d, m;
   double t_load, t_setup;
+  double grad_norm_user;    /* whitened: |grad| in the user's variables at the end */
 } solve_run;
 
 #define SOLVE_MAX_OPTS 40
@@ -52,6 +62,13 @@ static int option_table(solve_cfg *s, ar_option *opts)
        "auto|exact|gauss-newton", ar_hessian_name},
       {"chord-steps", AR_OPT_INT, &so->chord_steps,
        "steps that reuse a Hessian's Cholesky factor once steps are trusted (0: a new Hessian every step)", "0"},
+      {"linear-solver", AR_OPT_CHOICE, &so->linear_solver,
+       "Newton step: dense Cholesky of the assembled Hessian, matrix-free conjugate gradients, or auto: the cheaper "
+       "by attnreg plan's model that fits the memory budget", NULL, 0, 0, "auto|cholesky|cg", ar_linear_solver_name},
+      {"cg-max-iter", AR_OPT_INT, &so->cg_max_iter, "matrix-free step: CG iterations per Newton step at most", NULL, 1},
+      {"whiten", AR_OPT_CHOICE, &s->whiten,
+       "solve in whitened variables (A = QR: an exact change of variables, results in the user's); auto: on "
+       "without ridge weights", NULL, 0, 0, "auto|on|off", whiten_name},
       {"x0", AR_OPT_STRING, &s->x0, "starting X (d x d npy)", "zeros"},
       {"y0", AR_OPT_STRING, &s->y0, "starting Y (d x m npy)", "least squares for X0"},
       {"max-iter", AR_OPT_INT64, &so->max_iter, "iteration limit", NULL, 1},
@@ -118,7 +135,8 @@ static int write_checkpoint(const ar_solver_state *st, void *vctx)
   MPI_Comm_rank(ctx->comm, &rank);
   if (rank == 0) {
     ar_checkpoint c = {.data_hash = ar_problem_hash(ctx->prob), .method = s->so.method, .hessian = s->so.hessian,
-                       .chord_steps = s->so.chord_steps, .lambda_x = s->c.eval.lambda_x,
+                       .chord_steps = s->so.chord_steps, .linear_solver = s->so.linear_solver,
+                       .whiten = s->whiten == WHITEN_ON, .lambda_x = s->c.eval.lambda_x,
                        .lambda_y = s->c.eval.lambda_y, .st = *st};
     ar_problem_sizes(ctx->prob, &c.n, &c.d, &c.m);
     err = ar_checkpoint_write(s->checkpoint, &c);
@@ -141,6 +159,9 @@ static int read_restart(MPI_Comm comm, const solve_cfg *s, ar_problem prob, ar_c
     err = AR_ERROR(AR_ERR_DATA, "--restart %s: written for other input data (checksums differ)", f);
   if (!err && (c->method != s->so.method || c->hessian != s->so.hessian || c->chord_steps != s->so.chord_steps))
     err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with another --method, --hessian or --chord-steps", f);
+  if (!err && (c->linear_solver != s->so.linear_solver || c->whiten != (s->whiten == WHITEN_ON)))
+    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --linear-solver %s --whiten %s", f,
+                   ar_linear_solver_name(c->linear_solver), c->whiten ? "on" : "off");
   if (!err && (c->lambda_x != s->c.eval.lambda_x || c->lambda_y != s->c.eval.lambda_y))
     err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --lambda-x %g --lambda-y %g", f, c->lambda_x, c->lambda_y);
   err = ar_error_agree(comm, err);
@@ -162,9 +183,11 @@ static void monitor(const ar_iter_info *it, void *ctx)
   if (it->iter == 0)
     printf("%5s %23s %10s %10s %9s %10s %9s %9s  %s\n", "iter", "loss", "rel_loss", "|grad|", "mu", "rho", "|step|",
            "seconds", "hessian");
-  printf("%5d %23.16e %10.3e %10.3e %9.2e %10.3e %9.2e %9.3f  %s%s%s\n", it->iter, it->loss, it->rel_loss,
+  char cg[32] = "";
+  if (it->cg_iters) snprintf(cg, sizeof cg, " cg %d", it->cg_iters);
+  printf("%5d %23.16e %10.3e %10.3e %9.2e %10.3e %9.2e %9.3f  %s%s%s%s\n", it->iter, it->loss, it->rel_loss,
          it->grad_norm, it->mu, it->rho, it->step_norm, it->seconds, kind_name(it->hessian),
-         it->chord ? " chord" : "", it->accepted ? "" : " (rejected)");
+         it->chord ? " chord" : "", cg, it->accepted ? "" : " (rejected)");
   fflush(stdout);
 }
 
@@ -172,12 +195,12 @@ static int write_history(ar_out *out, const ar_solve_result *r)
 {
   FILE *f = ar_out_fopen(out, "history.csv");
   AR_CHECK(f, AR_ERR_IO, "%s", ar_error_message());
-  fputs("iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,hessian,step\n", f);
+  fputs("iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,hessian,step,cg_iters\n", f);
   for (int i = 0; i <= r->iterations; i++) {
     const ar_iter_info *h = &r->history[i];
-    fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d,%s,%s\n", h->iter, h->loss, h->rel_loss, h->grad_norm,
-            h->mu, h->rho, h->step_norm, h->seconds, h->accepted, kind_name(h->hessian),
-            h->iter == 0 ? "start" : h->chord ? "chord" : "newton");
+    fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d,%s,%s,%d\n", h->iter, h->loss, h->rel_loss,
+            h->grad_norm, h->mu, h->rho, h->step_norm, h->seconds, h->accepted, kind_name(h->hessian),
+            h->iter == 0 ? "start" : h->chord ? "chord" : "newton", h->cg_iters);
   }
   AR_CHECK(fclose(f) == 0, AR_ERR_IO, "%s/history.csv: write failed", out->dir);
   return AR_OK;
@@ -207,6 +230,13 @@ static int write_summary(MPI_Comm comm, solve_run *u, const ar_option *opts, int
     fprintf(f, "  \"reason\": \"%s\",\n  \"converged\": %s,\n  \"wall_seconds\": %.6f,\n", ar_reason_name(r->reason),
             ar_reason_converged(r->reason) ? "true" : "false", r->t_total + u->t_load + u->t_setup);
     fprintf(f, "  \"flops\": %.6g,\n  \"gflops\": %.6g,\n", flops, r->t_total > 0 ? flops / r->t_total * 1e-9 : 0.0);
+    int cg = 0;
+    for (int i = 0; i <= r->iterations; i++) cg += r->history[i].cg_iters;
+    fprintf(f, "  \"linear_solver\": \"%s\",\n  \"cg_iterations\": %d,\n  \"hessian_vector_products\": %d,\n",
+            ar_linear_solver_name(r->linear_solver), cg, r->hessvecs);
+    fprintf(f, "  \"whitened\": %s,\n", u->white ? "true" : "false");
+    if (u->white) /* history.csv's grad_norm is the solver's, in whitened variables */
+      fprintf(f, "  \"grad_norm_user\": %.17g,\n", u->grad_norm_user);
     fprintf(f, "  \"peak_rss_mb\": {\"max\": %.1f, \"avg\": %.1f},\n", rss_max, rss_avg / size);
     fprintf(f, "  \"phases\": {\n");
   }
@@ -229,12 +259,26 @@ static int write_summary(MPI_Comm comm, solve_run *u, const ar_option *opts, int
   return ar_error_agree(comm, err);
 }
 
+/* Collective: replace the problem by the whitened one, and the start point by its image. */
+static int whiten(MPI_Comm comm, const solve_cfg *s, solve_run *u)
+{
+  ar_data_paths ps = {s->c.a1, s->c.a2, s->c.a3, s->c.b};
+  char store[4 * 4096];
+  if (s->c.data) AR_CALL(ar_data_paths_from_dir(s->c.data, &ps, store));
+  const char *names[3] = {ps.a1, ps.a2, ps.a3};
+  ar_problem white;
+  AR_CALL(ar_whiten(u->prob, names, &white, &u->white));
+  ar_problem_destroy(&u->prob); /* the solve needs only the whitened inputs */
+  u->prob = white;
+  return ar_whiten_point(u->white, u->X, u->Y, u->X, u->Y);
+}
+
 /* Collective: the problem, the evaluator, the start point, the output directory, a restart. */
 static int setup(MPI_Comm comm, solve_cfg *s, solve_run *u)
 {
   double t0 = ar_wtime();
   AR_CALL(ar_grid_create(comm, s->c.grid[0], s->c.grid[1], &u->grid));
-  AR_CALL(ar_cli_check_memory(comm, &s->c, s->mem_per_rank));
+  AR_CALL(ar_cli_check_memory(comm, &s->c, s->mem_per_rank, s->so.hessian, &s->so.linear_solver));
   AR_CALL(ar_cli_load_problem(comm, &s->c, &u->prob));
   ar_problem_sizes(u->prob, &u->n, &u->d, &u->m);
   u->X = calloc(u->d * u->d, sizeof(double)), u->Y = calloc(u->d * u->m, sizeof(double));
@@ -242,6 +286,7 @@ static int setup(MPI_Comm comm, solve_cfg *s, solve_run *u)
   if (s->x0) AR_CALL(ar_cli_load_matrix(comm, "--x0", s->x0, u->d, u->d, u->X));
   if (s->y0) AR_CALL(ar_cli_load_matrix(comm, "--y0", s->y0, u->d, u->m, u->Y));
   u->t_load = ar_wtime() - t0;
+  if (s->whiten == WHITEN_ON) AR_CALL(whiten(comm, s, u));
   /* the setup phase: tables, work arrays, the output directory, a --restart file, Y0 */
   AR_CALL(ar_eval_create(u->prob, &s->c.eval, &u->ev));
   if (s->out) {
@@ -284,6 +329,16 @@ static int run(MPI_Comm comm, solve_cfg *s, solve_run *u, const ar_option *opts,
   ar_progress_destroy(&g_progress);
   AR_CALL(err);
   const ar_solve_result *r = &u->r;
+  if (u->white) AR_CALL(ar_unwhiten_point(u->white, u->X, u->Y, u->X, u->Y)); /* the user's variables */
+  if (u->white && r->grad) {
+    double *g = malloc(sizeof(double) * (u->d * u->d + u->d * u->m)), gn = 0;
+    AR_CHECK(g, AR_ERR_MEM, "out of memory");
+    int e = ar_unwhiten_gradient(u->white, r->grad, r->grad + u->d * u->d, g, g + u->d * u->d);
+    for (int i = 0; i < u->d * u->d + u->d * u->m; i++) gn += g[i] * g[i];
+    free(g);
+    AR_CALL(e);
+    u->grad_norm_user = sqrt(gn);
+  }
   if (r->reason == AR_DIVERGED_SIGNAL) {
     int sig = g_signal;
     AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, &sig, 1, MPI_INT, MPI_MAX, comm));
@@ -337,12 +392,18 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   if (done) return AR_OK;
   AR_CALL(ar_solver_options_check(&s.so));
   AR_CALL(ar_eval_options_check(&s.c.eval));
+  const int ridge = s.c.eval.lambda_x != 0 || s.c.eval.lambda_y != 0;
+  AR_CHECK(!(ridge && s.whiten == WHITEN_ON), AR_ERR_USAGE,
+           "--whiten on: the ridge terms --lambda-x/--lambda-y are not invariant under the change of variables; use "
+           "--whiten off with ridge weights");
+  if (s.whiten == WHITEN_AUTO) s.whiten = ridge ? WHITEN_OFF : WHITEN_ON;
   solve_run u = {0};
   int err = ar_error_agree(comm, setup(comm, &s, &u));
   if (!err) err = ar_error_agree(comm, run(comm, &s, &u, opts, nopts));
   if (!err && u.have_out) err = write_results(comm, &u, opts, nopts);
   if (err && u.have_out) ar_out_abort(&u.out);
-  free(u.r.history);
+  free(u.r.history), free(u.r.grad);
+  ar_whitening_destroy(&u.white);
   ar_checkpoint_free(&u.ck);
   free(u.X), free(u.Y);
   ar_eval_destroy(&u.ev);

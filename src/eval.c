@@ -159,6 +159,10 @@ int64_t ar_eval_tile(ar_eval ev) { return ev->tile; }
 int64_t ar_eval_chunk(ar_eval ev) { return ev->chunk; }
 ar_problem ar_eval_problem(ar_eval ev) { return ev->p; }
 void ar_eval_set_progress(ar_eval ev, ar_progress *p) { ev->prog = p; }
+void ar_eval_ridge(ar_eval ev, double *lambda_x, double *lambda_y)
+{
+  *lambda_x = ev->opt.lambda_x, *lambda_y = ev->opt.lambda_y;
+}
 
 /* The tiles an evaluation will do (a tile against a chunk, or a tile's Hessian parts). */
 static void begin_units(ar_eval ev, int want_grad, int want_hess)

@@ -41,3 +41,13 @@ const char *ar_method_name(int method)
   }
   return NULL;
 }
+
+const char *ar_linear_solver_name(int ls)
+{
+  switch (ls) {
+#define AR_LINSOLVE_CASE(name, value, text) case name: return text;
+    AR_LINSOLVE_MAP(AR_LINSOLVE_CASE)
+#undef AR_LINSOLVE_CASE
+  }
+  return NULL;
+}

@@ -80,6 +80,10 @@ static double max_local(int N, int nb, int np)
   return l > N ? N : l;
 }
 
+/* Conjugate-gradient iterations per Newton step that the model assumes for the matrix-free
+ * method (the real head, whitened, took ... measured: see README). */
+#define AR_CG_ITERS_MODEL 50
+
 static void plan_memory(ar_plan *p, double lr, double lc)
 {
   const double B = 8.0, nloc = (double)p->rows_per_rank, d = p->d, m = p->m, np = d * (d + 1) / 2.0;
@@ -92,19 +96,33 @@ static void plan_memory(ar_plan *p, double lr, double lc)
   p->mem_chunk = work(B * c * ld_fwd) + work(B * c * ld_bwd) + work(B * c * m);
   p->mem_tiles = 2 * work(B * t * c) + work(B * t) + 2 * work(B * t * d * d) + 2 * work(B * t * d * m) +
                  work(B * t * d) + 2 * work(B * t * np) + work(B * d * d);
-  p->mem_parts = work(B * np * np) + 2 * work(B * d * d * d * m) + work(B * d * d) + work(B * (1 + 2 * d * d + d * m));
-  p->mem_hessian = 2 * work(B * lr * lc); /* the local share and its factor copy */
-  const double panel = B * D * D < AR_ASSEMBLY_BYTES ? B * D * D : AR_ASSEMBLY_BYTES;
-  p->mem_assembly = (p->ranks > 1 ? panel : 0) + 12.0 * D; /* reduce-scatter panel, index tables */
-  p->mem_solver = B * 6.0 * D;
+  if (p->linear_solver == AR_LINSOLVE_CG) {
+    /* no Hessian, no parts (their arrays are never touched): the gradient's per-row arrays, the
+     * products' per-row, tile and chunk arrays, the CG vectors */
+    p->mem_rows = 3 * work(B * nloc * d) + 4 * work(B * nloc) + work(B * nloc * m);
+    p->mem_rows += 4 * work(B * nloc * d) + 2 * work(B * nloc) + work(B * nloc * m) + work(B * nloc * (d + d * m));
+    p->mem_chunk = work(B * c * m) + work(B * c * m) + work(B * c * (d + d * m));
+    p->mem_tiles = 2 * work(B * t * c) + work(B * t) + work(B * t * c);
+    p->mem_parts = work(B * (1 + 2 * d * d + d * m));
+    p->mem_hessian = 0;
+    p->mem_assembly = 0;
+    p->mem_solver = B * (14.0 * D + 10.0 * d * d);
+  } else {
+    p->mem_parts = work(B * np * np) + 2 * work(B * d * d * d * m) + work(B * d * d) + work(B * (1 + 2 * d * d + d * m));
+    p->mem_hessian = 2 * work(B * lr * lc); /* the local share and its factor copy */
+    const double panel = B * D * D < AR_ASSEMBLY_BYTES ? B * D * D : AR_ASSEMBLY_BYTES;
+    p->mem_assembly = (p->ranks > 1 ? panel : 0) + 12.0 * D; /* reduce-scatter panel, index tables */
+    p->mem_solver = B * 6.0 * D;
+  }
   p->mem_baseline = AR_BASELINE_BYTES;
   p->mem_total = p->mem_inputs + p->mem_ring + p->mem_rows + p->mem_chunk + p->mem_tiles + p->mem_parts +
                  p->mem_hessian + p->mem_assembly + p->mem_solver + p->mem_baseline;
 }
 
 int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
-                    double tile_mem_mb, ar_hessian_kind hk, ar_plan *p)
+                    double tile_mem_mb, ar_hessian_kind hk, int ls, ar_plan *p)
 {
+  if (ls == AR_LINSOLVE_AUTO) ls = ar_plan_linear_solver(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, 0);
   memset(p, 0, sizeof *p);
   AR_CHECK(n >= 1 && d >= 1 && m >= 1 && ranks >= 1, AR_ERR_USAGE, "plan: sizes must be positive");
   if (pr <= 0 || pc <= 0) ar_plan_default_grid(ranks, &pr, &pc);
@@ -117,6 +135,7 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   p->rows_per_rank = (n + ranks - 1) / ranks;
   ar_plan_tiles(n, d, m, ranks, tile, chunk, tile_mem_mb, &p->tile, &p->chunk);
   p->fused = ranks == 1 && p->chunk >= n;
+  p->linear_solver = ls;
   plan_memory(p, max_local(D, nb, pr), max_local(D, nb, pc));
   /* Flops (eval.c counts the same GEMMs): logits, P (and beta, F R23), U, W A2 (and W R22);
    * without fusion the backward pass recomputes the logits. */
@@ -125,6 +144,15 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   p->flops_hessian = (hk == AR_HESS_GAUSS_NEWTON ? 2.0 : 3.0) * N * N * d * d + N * pow(d, 4) / 2 + 2 * N * pow(d, 3) * m;
   p->flops_trial = 4 * N * N * d;
   p->flops_cholesky = pow(D, 3) / 3 + 2.0 * D * D;
+  /* a product: trip A (S, dS, (F o dS) A3), trip B (S, dS, U, dU, dW A2; Gauss-Newton: S, U', W' A2);
+   * the preconditioner: S, F [A2 | A2 (x) V], sum M_j M_j^T */
+  p->flops_hessvec = hk == AR_HESS_GAUSS_NEWTON ? N * N * (10.0 * d + 2 * m) : N * N * (12.0 * d + 6 * m);
+  p->flops_precond = 2 * N * N * (2.0 * d + (double)d * m) + 2 * N * d * d * m;
+  p->cg_iters = AR_CG_ITERS_MODEL;
+  if (ls == AR_LINSOLVE_CG) {
+    p->flops_hessian = p->flops_precond + p->cg_iters * p->flops_hessvec;
+    p->flops_cholesky = 0;
+  }
   p->flops_total = p->flops_loss_grad + p->flops_hessian + p->flops_trial + p->flops_cholesky;
   /* Per rank and iteration: three trips of the ring (the trial's forward pass, the forward and
    * backward passes at the new point), each passing on (P-1) blocks of 2d doubles a row; two
@@ -136,6 +164,23 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   p->comm_allreduce = B * 2 * lg * (2.0 + 2.0 * d * d + d * m);
   p->comm_hessian = ranks > 1 ? B * (double)D * D * (ranks - 1) / ranks + (ranks > 2 ? B * max_local(D, nb, pr) * max_local(D, nb, pc) : 0) : 0;
   p->comm_cholesky = ranks > 1 ? B * 0.5 * (double)D * D * (1.0 / pr + 1.0 / pc) + B * D * lg : 0;
+  if (ls == AR_LINSOLVE_CG) { /* two trips and an allreduce of D per product, one trip for the preconditioner */
+    p->comm_ring += ranks > 1 ? (2.0 * p->cg_iters + 1) * (ranks - 1) * (double)p->rows_per_rank * 2 * d * B : 0;
+    p->comm_hessian = B * 2 * lg * D * p->cg_iters;
+    p->comm_cholesky = 0;
+  }
   p->comm_total = p->comm_ring + p->comm_allreduce + p->comm_hessian + p->comm_cholesky;
   return AR_OK;
+}
+
+int ar_plan_linear_solver(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
+                          double tile_mem_mb, ar_hessian_kind hk, double budget)
+{
+  ar_plan dense, cg;
+  if (ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_CHOLESKY, &dense) ||
+      ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_CG, &cg))
+    return AR_LINSOLVE_CHOLESKY; /* bad sizes: the caller reports them */
+  const int dense_fits = budget <= 0 || dense.mem_total <= budget, cg_fits = budget <= 0 || cg.mem_total <= budget;
+  if (dense_fits != cg_fits) return dense_fits ? AR_LINSOLVE_CHOLESKY : AR_LINSOLVE_CG;
+  return dense.flops_hessian + dense.flops_cholesky <= cg.flops_hessian ? AR_LINSOLVE_CHOLESKY : AR_LINSOLVE_CG;
 }

@@ -52,6 +52,8 @@ void ar_solver_options_default(ar_solver_options *o)
   o->steptol = 1e-14;
   o->mu0 = 1e-3;
   o->mu_max = 1e16;
+  o->linear_solver = AR_LINSOLVE_AUTO;
+  o->cg_max_iter = 500;
 }
 
 int ar_solver_options_check(const ar_solver_options *o)
@@ -72,6 +74,9 @@ int ar_solver_options_check(const ar_solver_options *o)
     AR_CHECK(isfinite(nonneg[i].v) && nonneg[i].v >= 0, AR_ERR_USAGE, "--%s: must be >= 0, got %g", nonneg[i].name,
              nonneg[i].v);
   AR_CHECK(o->nb >= 0, AR_ERR_USAGE, "--nb: must be >= 1, got %d", o->nb);
+  AR_CHECK(ar_linear_solver_name(o->linear_solver), AR_ERR_USAGE, "--linear-solver: %d is not a solver",
+           o->linear_solver);
+  AR_CHECK(o->cg_max_iter >= 1, AR_ERR_USAGE, "--cg-max-iter: must be >= 1, got %d", o->cg_max_iter);
   AR_CHECK(o->checkpoint_every >= 0, AR_ERR_USAGE, "--checkpoint-every: must be >= 0, got %d", o->checkpoint_every);
   return AR_OK;
 }
@@ -86,6 +91,7 @@ typedef struct {
   double *zt, *dz, *g, *gt;
   double f, gnorm, pred, bnorm2;
   int chord;                /* this iteration's step reused an earlier factor */
+  int cg_iters;             /* inner iterations of this iteration's step (matrix-free) */
   ar_hessian_kind step_kind; /* kind of the Hessian behind this iteration's step (history) */
   ar_solve_result *res;
   double t_start;
@@ -167,24 +173,31 @@ static int factor_shifted(lm_state *s, int *not_pd)
   return AR_OK;
 }
 
-/* Newton step: a new factor at z; chord step: the factor of an earlier point's Hessian. */
+/* Newton step: a new factor at z; chord step: the factor of an earlier point's Hessian.  A
+ * method that finds the system indefinite only while solving (matrix-free CG) gets a larger
+ * shift, as a failed factorisation does; a chord step then gives way to a fresh Hessian. */
 static int compute_step(lm_state *s)
 {
   ar_solver_state *st = &s->st;
   s->chord = !st->h_fresh;
   s->step_kind = st->h_kind;
-  if (s->chord) {
-    st->nchord++;
-  } else {
-    int not_pd;
-    AR_CALL(factor_shifted(s, &not_pd));
-    if (not_pd) { /* mu overflow: no step */
-      memset(s->dz, 0, sizeof(double) * s->N);
-      st->step_norm = s->pred = 0;
-      return AR_OK;
+  if (s->chord) st->nchord++;
+  for (;;) {
+    int not_pd = 0, indefinite = 0;
+    if (!s->chord) AR_CALL(factor_shifted(s, &not_pd));
+    if (!not_pd) {
+      AR_CALL(s->step->ops->solve(s->step, s->g, s->dz, &s->pred, &indefinite));
+      s->cg_iters += s->step->iters;
+      if (!indefinite) break;
+      if (!s->chord) {
+        update_mu(st, MU_NOT_PD);
+        if (st->mu <= s->o->mu_max) continue;
+      }
     }
+    memset(s->dz, 0, sizeof(double) * s->N); /* mu overflow, or an indefinite chord model: no step */
+    st->step_norm = s->pred = 0;
+    return AR_OK;
   }
-  AR_CALL(s->step->ops->solve(s->step, s->g, s->dz, &s->pred));
   st->step_norm = norm2(s->dz, s->N);
   return AR_OK;
 }
@@ -276,7 +289,8 @@ static int record(lm_state *s)
   const int iter = st->iter;
   ar_iter_info it = {.iter = iter, .loss = s->f, .rel_loss = s->f / s->bnorm2, .grad_norm = s->gnorm, .mu = st->mu,
                      .rho = st->rho, .step_norm = st->step_norm, .seconds = ar_wtime() - s->t_start,
-                     .accepted = st->accepted, .hessian = s->step_kind, .chord = s->chord};
+                     .accepted = st->accepted, .hessian = s->step_kind, .chord = s->chord,
+                     .cg_iters = s->cg_iters};
   if (iter == 0) it.rho = it.step_norm = 0, it.accepted = 1;
   ar_iter_info *h = realloc(r->history, sizeof *h * (iter + 1));
   AR_CALL(ar_error_agree(s->p->comm, h ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory for the history")));
@@ -360,6 +374,7 @@ static int solve_loop(lm_state *s)
       break;
     }
     s->st.iter++;
+    s->cg_iters = 0;
     if (ar_fault("signal")) raise(SIGUSR1); /* test hook: a signal at this iteration boundary */
     AR_CALL(compute_step(s));
     if (s->st.mu > s->o->mu_max) s->st.accepted = 0;
@@ -382,7 +397,14 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   s.N = o->method == AR_METHOD_ALTERNATING ? s.dd : s.D;
   s.st.mu = o->mu0, s.st.nu = 2, s.st.contraction = 1, s.st.D = s.D;
   s.st.hk_next = o->hessian == AR_HESS_AUTO ? AR_HESS_GAUSS_NEWTON : o->hessian;
-  int err = ar_stepper_dense_create(ev, grid, s.N, o->nb, res, &s.step);
+  int ls = o->linear_solver, pr, pc;
+  ar_grid_shape(grid, &pr, &pc);
+  if (ls == AR_LINSOLVE_AUTO)
+    ls = ar_plan_linear_solver(p->n, p->d, p->m, p->size, pr, pc, o->nb, ar_eval_tile(ev), ar_eval_chunk(ev), 32,
+                               o->hessian, 0);
+  int err = ls == AR_LINSOLVE_CG ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, res, &s.step)
+                                 : ar_stepper_dense_create(ev, grid, s.N, o->nb, res, &s.step);
+  res->linear_solver = ls;
   s.st.z = calloc(s.D, sizeof(double)), s.st.zf = calloc(s.D, sizeof(double));
   s.zt = calloc(s.D, sizeof(double)), s.g = calloc(s.D, sizeof(double));
   s.dz = calloc(s.D, sizeof(double)), s.gt = calloc(s.D, sizeof(double));
@@ -398,6 +420,7 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
     memcpy(X, s.st.z, sizeof(double) * s.dd);
     memcpy(Y, s.st.z + s.dd, sizeof(double) * s.d * s.m);
     res->loss = s.f, res->rel_loss = s.f / s.bnorm2, res->grad_norm = s.gnorm;
+    res->grad = s.g, s.g = NULL; /* the caller's now */
     s.step->ops->finish(s.step, res);
   }
   res->t_total = ar_wtime() - s.t_start;

@@ -9,7 +9,8 @@
  *   solve(g)         dz = -(H + shift*I)^{-1} g with the prepared model (also for chord steps,
  *                    where g is taken at another point than H), and the decrease the quadratic
  *                    model of that factor predicts, pred = -g.dz - dz.(H + shift I).dz / 2
- *                    + shift |dz|^2 / 2
+ *                    + shift |dz|^2 / 2; *indefinite when the method found H + shift*I not
+ *                    positive definite only while solving (the solver then raises the shift)
  *
  * Every operation is collective, and its results are global (identical on every rank), so
  * the loop takes the same branch everywhere.  The first implementation is the dense one
@@ -26,7 +27,7 @@ typedef struct {
   int (*evaluate)(ar_stepper *st, const double *z, ar_hessian_kind hk, double *f, double *g);
   int (*scale)(ar_stepper *st, double *scale);
   int (*factor)(ar_stepper *st, double shift, int *not_pd);
-  int (*solve)(ar_stepper *st, const double *g, double *dz, double *pred);
+  int (*solve)(ar_stepper *st, const double *g, double *dz, double *pred, int *indefinite);
   /* Not collective: this method's part of the result (factor/solve times, block size). */
   void (*finish)(ar_stepper *st, ar_solve_result *res);
   void (*destroy)(ar_stepper *st);
@@ -38,6 +39,7 @@ struct ar_stepper_s {
   int N;                   /* unknowns of the Newton system: the first N entries of z */
   int dd;                  /* d*d: z = [vec_r X (dd); vec_r Y] */
   ar_solve_result *res;    /* evaluation flops and times are added here */
+  int iters;               /* inner iterations of the last solve (0 for a direct method) */
   void *impl;
 };
 
@@ -47,6 +49,9 @@ int ar_stepper_eval(ar_stepper *st, const double *z, ar_hessian_kind hk, ar_dmat
 
 /* Collective: the dense method on grid, N unknowns, ScaLAPACK block size nb (0: default). */
 int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_result *res, ar_stepper **st);
+/* Collective: the matrix-free method (step_cg.c): preconditioned CG with Hessian-vector
+ * products, at most max_iter iterations a step. */
+int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, ar_solve_result *res, ar_stepper **st);
 void ar_stepper_destroy(ar_stepper **st); /* not collective; NULLs *st */
 
 #endif

@@ -30,8 +30,9 @@ static int dense_factor(ar_stepper *st, double shift, int *not_pd)
   return ar_dmat_factor(ds->H, shift, not_pd);
 }
 
-static int dense_solve(ar_stepper *st, const double *g, double *dz, double *pred)
+static int dense_solve(ar_stepper *st, const double *g, double *dz, double *pred, int *indefinite)
 {
+  *indefinite = 0; /* the factorisation said so already */
   dense *ds = st->impl;
   const int N = st->N;
   double *rhs;

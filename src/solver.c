@@ -402,7 +402,7 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   if (ls == AR_LINSOLVE_AUTO)
     ls = ar_plan_linear_solver(p->n, p->d, p->m, p->size, pr, pc, o->nb, ar_eval_tile(ev), ar_eval_chunk(ev), 32,
                                o->hessian, 0);
-  int err = ls == AR_LINSOLVE_CG ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, res, &s.step)
+  int err = ls == AR_LINSOLVE_CG ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, 0, res, &s.step)
                                  : ar_stepper_dense_create(ev, grid, s.N, o->nb, res, &s.step);
   res->linear_solver = ls;
   s.st.z = calloc(s.D, sizeof(double)), s.st.zf = calloc(s.D, sizeof(double));

@@ -50,8 +50,9 @@ int ar_stepper_eval(ar_stepper *st, const double *z, ar_hessian_kind hk, ar_dmat
 /* Collective: the dense method on grid, N unknowns, ScaLAPACK block size nb (0: default). */
 int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_result *res, ar_stepper **st);
 /* Collective: the matrix-free method (step_cg.c): preconditioned CG with Hessian-vector
- * products, at most max_iter iterations a step. */
-int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, ar_solve_result *res, ar_stepper **st);
+ * products, at most max_iter iterations a step; fixed_rtol > 0 replaces the Eisenstat-Walker
+ * forcing term by a fixed relative residual (tests compare steps with it). */
+int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, double fixed_rtol, ar_solve_result *res, ar_stepper **st);
 void ar_stepper_destroy(ar_stepper **st); /* not collective; NULLs *st */
 
 #endif

@@ -34,6 +34,7 @@ extern void dpotrs_(const char *uplo, const int *n, const int *nrhs, const doubl
 
 typedef struct {
   int d, m, D, max_iter;
+  double fixed_rtol;    /* > 0: stop at |r| <= fixed_rtol |g| instead of the forcing term (tests) */
   double lambda_x, lambda_y;
   ar_hessian_kind kind; /* of the model */
   double *zm;           /* the model point */
@@ -183,7 +184,7 @@ static int cg_solve(ar_stepper *st, const double *g, double *dz, double *pred, i
 {
   cg *c = st->impl;
   const int N = st->N;
-  const double gnorm = sqrt(dot(g, g, N)), tol = forcing(c, gnorm) * gnorm;
+  const double gnorm = sqrt(dot(g, g, N)), tol = (c->fixed_rtol > 0 ? c->fixed_rtol : forcing(c, gnorm)) * gnorm;
   *indefinite = 0;
   memset(c->x, 0, sizeof(double) * N);
   for (int i = 0; i < N; i++) c->r[i] = -g[i];
@@ -234,7 +235,7 @@ static void cg_destroy(ar_stepper *st)
 
 static const ar_stepper_ops cg_ops = {"cg", cg_evaluate, cg_scale, cg_factor, cg_solve, cg_finish, cg_destroy};
 
-int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, ar_solve_result *res, ar_stepper **out)
+int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, double fixed_rtol, ar_solve_result *res, ar_stepper **out)
 {
   *out = NULL;
   ar_stepper *st;
@@ -246,7 +247,7 @@ int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, ar_solve_result *res, 
   st->impl = c;
   *out = st;
   AR_CHECK(c, AR_ERR_MEM, "out of memory (matrix-free step)");
-  c->d = d, c->m = m, c->D = d * d + d * m, c->max_iter = max_iter, c->eta = 0.5;
+  c->d = d, c->m = m, c->D = d * d + d * m, c->max_iter = max_iter, c->eta = 0.5, c->fixed_rtol = fixed_rtol;
   ar_eval_ridge(ev, &c->lambda_x, &c->lambda_y);
   const size_t D = c->D, dd = (size_t)d * d, w = dd > (size_t)d * m ? dd : (size_t)d * m;
   c->zm = calloc(D, sizeof(double));

@@ -260,14 +260,24 @@ static int write_summary(MPI_Comm comm, solve_run *u, const ar_option *opts, int
 }
 
 /* Collective: replace the problem by the whitened one, and the start point by its image. */
-static int whiten(MPI_Comm comm, const solve_cfg *s, solve_run *u)
+static int whiten(MPI_Comm comm, solve_cfg *s, solve_run *u)
 {
   ar_data_paths ps = {s->c.a1, s->c.a2, s->c.a3, s->c.b};
   char store[4 * 4096];
   if (s->c.data) AR_CALL(ar_data_paths_from_dir(s->c.data, &ps, store));
   const char *names[3] = {ps.a1, ps.a2, ps.a3};
   ar_problem white;
-  AR_CALL(ar_whiten(u->prob, names, &white, &u->white));
+  int err = ar_whiten(u->prob, names, &white, &u->white);
+  if (err == AR_ERR_DATA && s->whiten == WHITEN_AUTO) { /* rank-deficient inputs: solve them as they are */
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    if (rank == 0 && !s->c.quiet) printf("note: not whitened: %s\n", ar_error_message());
+    ar_error_clear();
+    s->whiten = WHITEN_OFF;
+    return AR_OK;
+  }
+  AR_CALL(err);
+  s->whiten = WHITEN_ON;
   ar_problem_destroy(&u->prob); /* the solve needs only the whitened inputs */
   u->prob = white;
   return ar_whiten_point(u->white, u->X, u->Y, u->X, u->Y);
@@ -286,7 +296,7 @@ static int setup(MPI_Comm comm, solve_cfg *s, solve_run *u)
   if (s->x0) AR_CALL(ar_cli_load_matrix(comm, "--x0", s->x0, u->d, u->d, u->X));
   if (s->y0) AR_CALL(ar_cli_load_matrix(comm, "--y0", s->y0, u->d, u->m, u->Y));
   u->t_load = ar_wtime() - t0;
-  if (s->whiten == WHITEN_ON) AR_CALL(whiten(comm, s, u));
+  if (s->whiten != WHITEN_OFF) AR_CALL(whiten(comm, s, u));
   /* the setup phase: tables, work arrays, the output directory, a --restart file, Y0 */
   AR_CALL(ar_eval_create(u->prob, &s->c.eval, &u->ev));
   if (s->out) {
@@ -396,7 +406,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   AR_CHECK(!(ridge && s.whiten == WHITEN_ON), AR_ERR_USAGE,
            "--whiten on: the ridge terms --lambda-x/--lambda-y are not invariant under the change of variables; use "
            "--whiten off with ridge weights");
-  if (s.whiten == WHITEN_AUTO) s.whiten = ridge ? WHITEN_OFF : WHITEN_ON;
+  if (s.whiten == WHITEN_AUTO && ridge) s.whiten = WHITEN_OFF;
   solve_run u = {0};
   int err = ar_error_agree(comm, setup(comm, &s, &u));
   if (!err) err = ar_error_agree(comm, run(comm, &s, &u, opts, nopts));

@@ -211,6 +211,13 @@ class Compare(unittest.TestCase):
             self.assertGreater(r[key]["attention_rel_error"], 1e-3)
         txt = export(*self.base, "--compare", fit, "--heldout-input", path("cmp-h.npy"), "--heldout-batch-index", 0).stdout
         self.assertRegex(txt, r"heldout +.*cmp-h.npy\[0\] +n=50 +attention rel. error")
+        # --heldout-batch-index alone: another sequence of the batched --input.
+        p = export("--state-dict", self.sd, "--heads", 2, "--head", 1, "--input", path("cmp-h.npy"), "--batch-index", 0,
+                   "--compare", fit, "--heldout-batch-index", 1, "--json")
+        r2 = json.loads(p.stdout)
+        self.assertEqual((r2["input"]["batch_index"], r2["heldout"]["batch_index"]), (0, 1))
+        self.assertEqual(r2["heldout"]["file"], path("cmp-h.npy"))
+        self.assertEqual(r2["heldout"]["output_rel_error"], r["heldout"]["output_rel_error"])
 
     def test_solved_fit_generalises(self):
         """A fit by attnreg solve from a perturbed truth reproduces the head on held-out data:

@@ -93,7 +93,7 @@ class Render(unittest.TestCase):
         rejected = any((hh["accepted"] == 0).any() for hh in h)
         chord = any((hh["step"] == "chord").any() for hh in h)
         self.assertTrue(rejected and chord, "the runs should show rejected and chord steps")
-        self.assertEqual(keys, ["exact Hessian", "gauss-newton Hessian", "chord step (reused factor)", "rejected step"])
+        self.assertEqual(keys, ["exact Hessian", "gauss-newton Hessian", "hollow: chord step (reused factor)", "rejected step"])
         for (r, c), (xcol, ycol) in {(0, 0): ("iter", "rel_loss"), (0, 1): ("seconds", "rel_loss"),
                                      (1, 0): ("iter", "grad_norm"), (1, 1): ("seconds", "grad_norm")}.items():
             ax = fig.axes[2 * r + c]

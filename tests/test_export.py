@@ -66,12 +66,13 @@ def load_problem(out):
 
 
 class Export(unittest.TestCase):
-    def check_case(self, name, E, H, head, bias, cross, L=23, batch=None, ranks=1):
+    def check_case(self, name, E, H, head, bias, cross, L=23, batch=None, ranks=1, zero_bias=False):
         torch.manual_seed(len(name) * 1000 + E * 10 + head)
         mha = torch.nn.MultiheadAttention(E, H, bias=bias)
-        if bias:  # torch starts biases at zero; make them matter
+        if bias and not zero_bias:  # torch starts biases at zero; make them matter
             with torch.no_grad():
                 mha.in_proj_bias.normal_()
+        self.assertEqual(bool(bias and not zero_bias), bool(bias and mha.in_proj_bias.abs().max() > 0))
         sd = save_module(name + ".pt", mha)
         rng = np.random.default_rng(E * 100 + H)
         shape = (L, E) if batch is None else (3, L, E)
@@ -91,9 +92,9 @@ class Export(unittest.TestCase):
         self.assertEqual(set(os.listdir(out)), names)
         A1, A2, A3 = load_problem(out)
         B, X, Y = (np.load(os.path.join(out, f)) for f in ("B.npy", "X_true.npy", "Y_true.npy"))
-        d = E + bias
+        d = E + (bias and not zero_bias)  # all-zero biases need no column of ones
         self.assertEqual((A1.shape, A2.shape, B.shape, X.shape, Y.shape), ((L, d), (L, d), (L, E // H), (d, d), (d, E // H)))
-        if bias:
+        if d > E:
             self.assertTrue(np.all(A1[:, -1] == 1) and np.all(A2[:, -1] == 1))
         np.testing.assert_array_equal(A1[:, :E], xq)
         np.testing.assert_array_equal(A2[:, :E], xkv)
@@ -120,6 +121,23 @@ class Export(unittest.TestCase):
 
     def test_cross_attention_no_bias(self):
         self.check_case("cross-nobias", E=4, H=1, head=0, bias=False, cross=True, L=30)
+
+    def test_zero_bias_not_folded(self):
+        self.check_case("zero-bias", E=6, H=2, head=0, bias=True, zero_bias=True, cross=False)
+        self.assertEqual(summary(path("zero-bias", "info.json"))["bias_folded"], "no: the head's biases are all zero")
+        # Only another head's biases nonzero: this head still needs no column.
+        torch.manual_seed(4)
+        mha = torch.nn.MultiheadAttention(6, 2)
+        with torch.no_grad():
+            mha.in_proj_bias[3:6].normal_()  # head 1 of the query bias
+        sd = save_module("half-bias.pt", mha)
+        for h, d in ((0, 6), (1, 7)):
+            out = path("half-bias-%d" % h)
+            export("--state-dict", sd, "--heads", 2, "--head", h, "--input", path("zero-bias-x.npy"), "--out", out)
+            self.assertEqual(np.load(out + "/X_true.npy").shape, (d, d))
+            x = np.load(path("zero-bias-x.npy"))
+            ref, _ = per_head_output(mha, x, x, h)
+            self.assertLessEqual(np.abs(np.load(out + "/B.npy") - ref).max(), 1e-12 * np.abs(ref).max())
 
     def test_heads_recompose_module_output(self):
         """All heads, through the module's real output projection, give the module's forward."""
@@ -152,7 +170,8 @@ class Export(unittest.TestCase):
             out = path("enc-layer%d" % len(extra))
             export("--state-dict", sd, "--heads", 2, "--head", 1, "--input", path("enc-x.npy"), "--out", out, *extra)
             self.assertLessEqual(np.abs(np.load(out + "/B.npy") - ref).max(), 1e-12 * np.abs(ref).max())
-            self.assertEqual(summary(out + "/info.json")["prefix"], "self_attn.")
+            info = summary(out + "/info.json")
+            self.assertEqual((info["prefix"], info["d"]), ("self_attn.", 8))  # fresh layer: zero biases
         enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(8, 2, 16), 2, enable_nested_tensor=False)
         sd = save_module("encoder.pt", enc)
         p = export("--state-dict", sd, "--heads", 2, "--head", 0, "--input", path("enc-x.npy"),

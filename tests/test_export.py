@@ -1,5 +1,9 @@
 """scripts/export-attention: random torch attention modules exported as attnreg problems, checked
 against the module's own per-head output and against attnreg eval; --compare; bad input."""
+import contextlib
+import importlib.machinery
+import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -16,6 +20,16 @@ from arutil import run, summary, tree_bytes  # noqa: E402
 
 EXPORT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "export-attention")
 TMP = tempfile.mkdtemp(prefix="attnreg-export-")
+
+
+def load_script(name, file):
+    loader = importlib.machinery.SourceFileLoader(name, file)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    loader.exec_module(mod)
+    return mod
+
+
+MOD = load_script("export_attention", EXPORT)
 
 
 def export(*args, check=True):
@@ -290,33 +304,50 @@ class BadInput(unittest.TestCase):
         with open(path("bad-file"), "w") as f:
             f.write("a file")
 
-    def expect(self, code, words, *args, out=None):
+    def expect(self, code, words, *args, out=None, via_program=False):
+        """One bad command: its exit code, a one-line message with words in it, nothing written.
+        Most cases call the script's main() in this process (importing torch once instead of
+        per case); the via_program ones check the same through the real program."""
         out = out or path("bad-out")
         before = tree_bytes(TMP)
-        p = export(*args, "--out", out, check=False)
-        self.assertEqual(p.returncode, code, (args, p.stderr))
-        self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
-        self.assertTrue(p.stderr.startswith("export-attention: error: "), p.stderr)
+        argv = [str(v) for v in args] + ["--out", out]
+        if via_program:
+            p = export(*argv, check=False)
+            rc, err = p.returncode, p.stderr
+        else:
+            buf = io.StringIO()
+            with contextlib.redirect_stderr(buf):
+                try:
+                    rc = MOD.main(argv)
+                except SystemExit as e:  # argparse
+                    rc = e.code
+            err = buf.getvalue()
+        self.assertEqual(rc, code, (args, err))
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertTrue(err.startswith("export-attention: error: "), err)
         for w in words:
-            self.assertIn(w, p.stderr)
+            self.assertIn(w, err)
         self.assertEqual(tree_bytes(TMP), before)  # nothing written, nothing left behind
         self.assertFalse([f for f in os.listdir(os.path.dirname(out)) if ".tmp-" in f or ".old-" in f])
 
     def test_errors(self):
         sd, x = self.sd, path("bad-x.npy")
         ok = ["--heads", 2, "--head", 0]
-        self.expect(4, ["--state-dict", "no-such.pt", "no such file"], "--state-dict", "no-such.pt", *ok, "--input", x)
+        self.expect(4, ["--state-dict", "no-such.pt", "no such file"], "--state-dict", "no-such.pt", *ok, "--input", x,
+                    via_program=True)
         self.expect(3, ["bad-garbage.pt", "not a state_dict"], "--state-dict", path("bad-garbage.pt"), *ok, "--input", x)
         self.expect(3, ["bad-notsd.pt", "not a state_dict"], "--state-dict", path("bad-notsd.pt"), *ok, "--input", x)
         self.expect(3, ["bad-kdim.pt", "kdim = 3 differs from embed_dim = 4"], "--state-dict", self.kdim, *ok, "--input", x)
         self.expect(3, ["bad-biaskv.pt", "add_bias_kv"], "--state-dict", self.biaskv, *ok, "--input", x)
         self.expect(3, ["bad-missing.pt", "missing key v_proj_weight"], "--state-dict", path("bad-missing.pt"), *ok, "--input", x)
         self.expect(2, ["--heads 3", "not divisible"], "--state-dict", sd, "--heads", 3, "--head", 0, "--input", x)
-        self.expect(2, ["--head 2", "out of range", "0..1"], "--state-dict", sd, "--heads", 2, "--head", 2, "--input", x)
+        self.expect(2, ["--head 2", "out of range", "0..1"], "--state-dict", sd, "--heads", 2, "--head", 2, "--input", x,
+                    via_program=True)
         self.expect(2, ["--head -1", "out of range"], "--state-dict", sd, "--heads", 2, "--head", -1, "--input", x)
         self.expect(2, ["--prefix 'enc.'", "''"], "--state-dict", sd, *ok, "--input", x, "--prefix", "enc.")
         self.expect(4, ["--input", "no-such.npy"], "--state-dict", sd, *ok, "--input", "no-such.npy")
-        self.expect(3, ["--input", "bad-x5.npy", "last dimension 5", "embed dim 4"], "--state-dict", sd, *ok, "--input", path("bad-x5.npy"))
+        self.expect(3, ["--input", "bad-x5.npy", "last dimension 5", "embed dim 4"], "--state-dict", sd, *ok, "--input",
+                    path("bad-x5.npy"), via_program=True)
         self.expect(3, ["--input", "bad-x1d.npy", "(L, E)"], "--state-dict", sd, *ok, "--input", path("bad-x1d.npy"))
         self.expect(3, ["--input", "bad-nan.npy", "non-finite", "position 3, column 2"], "--state-dict", sd, *ok, "--input", path("bad-nan.npy"))
         self.expect(3, ["--state-dict", "bad-x.npy", "not a state_dict"], "--state-dict", x, *ok, "--input", x)
@@ -324,8 +355,9 @@ class BadInput(unittest.TestCase):
         self.expect(2, ["--batch-index 2", "out of range"], "--state-dict", sd, *ok, "--input", path("bad-x3.npy"), "--batch-index", 2)
         self.expect(2, ["--batch-index 0", "single sequences"], "--state-dict", sd, *ok, "--input", x, "--batch-index", 0)
         self.expect(3, ["--kv-input", "bad-kv11.npy", "length 11", "(10)"], "--state-dict", sd, *ok, "--input", x, "--kv-input", path("bad-kv11.npy"))
-        self.expect(2, ["--heads"], "--state-dict", sd, "--heads", "two", "--head", 0, "--input", x)
-        self.expect(4, ["--out", "not empty", "--force"], "--state-dict", sd, *ok, "--input", x, out=path("bad-full"))
+        self.expect(2, ["--heads"], "--state-dict", sd, "--heads", "two", "--head", 0, "--input", x, via_program=True)
+        self.expect(4, ["--out", "not empty", "--force"], "--state-dict", sd, *ok, "--input", x, out=path("bad-full"),
+                    via_program=True)
         self.expect(4, ["--out", "not a directory"], "--state-dict", sd, *ok, "--input", x, out=path("bad-file"))
 
     def test_force_and_empty_out(self):

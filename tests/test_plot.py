@@ -13,7 +13,7 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from arutil import history, run, tree_bytes  # noqa: E402
+from arutil import history, run, summary, tree_bytes  # noqa: E402
 
 PLOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "plot")
 TMP = tempfile.mkdtemp(prefix="attnreg-plot-")
@@ -77,36 +77,52 @@ class Render(unittest.TestCase):
         self.assertFalse([f for f in os.listdir(TMP) if ".tmp-" in f])
 
     def test_plotted_data_and_labels(self):
-        """The curves are the CSV's columns; the legend names method, Hessian, ranks and start."""
+        """The curves are the CSV's columns; markers follow accepted/hessian/step; the legend
+        names method, Hessian, ranks, start and reason.  A synthetic third run has every kind of
+        step whatever the solver does today, and a zero loss (not drawable on a log scale)."""
+        os.makedirs(path("synthetic"), exist_ok=True)
+        with open(path("synthetic", "history.csv"), "w") as f:
+            f.write("iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,hessian,step\n"
+                    "0,1,0.5,2,1e-3,0,0,0.1,1,gauss-newton,start\n"
+                    "1,1,0.5,2,2e-3,-1,1,0.2,0,gauss-newton,newton\n"
+                    "2,0.1,0.05,0.3,1e-3,0.9,1,0.3,1,exact,newton\n"
+                    "3,0.01,0.005,0.01,1e-3,1,0.1,0.4,1,exact,chord\n"
+                    "4,0,0,1e-9,1e-3,1,0.01,0.5,1,exact,newton\n")
         mod = load_plot_module()
-        a = mod.parse_args([path("near"), path("zero"), "--out", path("unused.png")])
-        paths = [path("near", "history.csv"), path("zero", "history.csv")]
+        a = mod.parse_args([path("near"), path("zero"), path("synthetic"), "--out", path("unused.png")])
+        paths = [path(r, "history.csv") for r in ("near", "zero", "synthetic")]
         runs = [mod.read_history(p) for p in paths]
         labels = [mod.default_label(p) for p in paths]
-        self.assertEqual(labels[0], "near: joint, auto Hessian, 2 ranks, start X0.npy, CONVERGED_GTTOL")
-        self.assertTrue(labels[1].startswith("zero: joint, exact Hessian, 1 rank, start X = 0, "), labels[1])
+        reasons = [summary(path(r, "summary.json"))["reason"] for r in ("near", "zero")]
+        self.assertEqual(labels[0], "near: joint, auto Hessian, 2 ranks, start X0.npy, " + reasons[0])
+        self.assertEqual(labels[1], "zero: joint, exact Hessian, 1 rank, start X = 0, " + reasons[1])
+        self.assertEqual(labels[2], "synthetic")  # no summary.json beside it
         fig = mod.render(runs, labels, a)
-        legend = [t.get_text() for t in fig.legends[0].get_texts()]
-        self.assertEqual(legend, labels)
+        self.assertEqual([t.get_text() for t in fig.legends[0].get_texts()], labels)
         keys = [t.get_text() for t in fig.legends[1].get_texts()]
-        h = [history(p) for p in paths]
-        rejected = any((hh["accepted"] == 0).any() for hh in h)
-        chord = any((hh["step"] == "chord").any() for hh in h)
-        self.assertTrue(rejected and chord, "the runs should show rejected and chord steps")
         self.assertEqual(keys, ["exact Hessian", "gauss-newton Hessian", "hollow: chord step (reused factor)", "rejected step"])
+        h = [history(p) for p in paths]
         for (r, c), (xcol, ycol) in {(0, 0): ("iter", "rel_loss"), (0, 1): ("seconds", "rel_loss"),
                                      (1, 0): ("iter", "grad_norm"), (1, 1): ("seconds", "grad_norm")}.items():
             ax = fig.axes[2 * r + c]
             self.assertEqual(ax.get_yscale(), "log")
             curves = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
-            self.assertEqual(len(curves), 2)
+            self.assertEqual(len(curves), 3)
             for ln, hh in zip(curves, h):
+                y = hh[ycol].astype(float)
                 np.testing.assert_array_equal(ln.get_xdata(), hh[xcol].astype(float))
-                np.testing.assert_array_equal(ln.get_ydata(), hh[ycol].astype(float))
-            xs = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
-            self.assertEqual(len(xs), sum(int((hh["accepted"] == 0).sum()) for hh in h))
-            hollow = [ln for ln in ax.get_lines() if ln.get_marker() in "os" and ln.get_markerfacecolor() == "white"]
-            self.assertEqual(len(hollow), sum(int(((hh["step"] == "chord") & (hh["accepted"] == 1)).sum()) for hh in h))
+                np.testing.assert_array_equal(ln.get_ydata(), np.where(y > 0, y, np.nan))
+            marks = [ln for ln in ax.get_lines() if ln.get_linestyle() in ("None", "", " ")]
+            kinds = {"x": 0, "o": 0, "s": 0, "hollow": 0}
+            for ln in marks:
+                kinds[ln.get_marker()] += 1
+                kinds["hollow"] += ln.get_markerfacecolor() == "white"
+            acc = [hh["accepted"] == 1 for hh in h]
+            self.assertEqual(kinds["x"], sum(int((~a_).sum()) for a_ in acc))
+            self.assertEqual(kinds["o"], sum(int((a_ & (hh["hessian"] == "exact")).sum()) for a_, hh in zip(acc, h)))
+            self.assertEqual(kinds["s"], sum(int((a_ & (hh["hessian"] == "gauss-newton")).sum()) for a_, hh in zip(acc, h)))
+            self.assertEqual(kinds["hollow"], sum(int((a_ & (hh["step"] == "chord")).sum()) for a_, hh in zip(acc, h)))
+            self.assertGreaterEqual(kinds["hollow"], 1)
 
     def test_columns_by_header(self):
         """Columns in another order, an extra column (e.g. CG iterations of a later version)."""

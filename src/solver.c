@@ -94,7 +94,7 @@ typedef struct {
   int cg_iters;             /* inner iterations of this iteration's step (matrix-free) */
   ar_hessian_kind step_kind; /* kind of the Hessian behind this iteration's step (history) */
   ar_solve_result *res;
-  double t_start;
+  double t_start, t_iter_start, t_last_iter; /* seconds: the solve's and this iteration's start, the last's length */
 } lm_state;
 
 static double norm2(const double *a, int n)
@@ -127,7 +127,10 @@ static ar_reason converged(const lm_state *s)
   if (st->iter > 0 && st->step_norm <= o->steptol * (norm2(st->z, s->N) + o->steptol)) return AR_CONVERGED_STEPTOL;
   if (st->iter >= o->max_iter) return AR_DIVERGED_MAXITS;
   if (st->mu > o->mu_max) return AR_DIVERGED_MU_OVERFLOW;
-  if (o->time_limit > 0 && ar_wtime() - s->t_start >= o->time_limit) return AR_DIVERGED_TIME_LIMIT;
+  /* the time limit: stop when it is reached, or before an iteration that, by the last one's
+   * duration, would not finish within it */
+  const double now = ar_wtime() - s->t_start, last = st->iter > 0 ? s->t_last_iter : 0;
+  if (o->time_limit > 0 && (now >= o->time_limit || now + last > o->time_limit)) return AR_DIVERGED_TIME_LIMIT;
   return AR_REASON_NONE;
 }
 
@@ -375,10 +378,12 @@ static int solve_loop(lm_state *s)
     }
     s->st.iter++;
     s->cg_iters = 0;
+    s->t_iter_start = ar_wtime();
     if (ar_fault("signal")) raise(SIGUSR1); /* test hook: a signal at this iteration boundary */
     AR_CALL(compute_step(s));
     if (s->st.mu > s->o->mu_max) s->st.accepted = 0;
     else AR_CALL(try_step(s));
+    s->t_last_iter = ar_wtime() - s->t_iter_start;
     AR_CALL(record(s));
     if (s->o->checkpoint_every > 0 && s->st.iter % s->o->checkpoint_every == 0) AR_CALL(checkpoint(s));
   }

@@ -7,6 +7,7 @@
 #include "step.h"
 
 typedef struct {
+  ar_grid grid;
   ar_dmat H;
   double shift; /* of the current factor */
 } dense;
@@ -23,10 +24,19 @@ static int dense_scale(ar_stepper *st, double *scale)
   return ar_dmat_mean_abs_diag(ds->H, scale);
 }
 
+/* This rank's share of the flops of a factorisation or solve of order N on the grid. */
+static double share(dense *ds, double flops)
+{
+  int pr, pc;
+  ar_grid_shape(ds->grid, &pr, &pc);
+  return flops / (pr * pc);
+}
+
 static int dense_factor(ar_stepper *st, double shift, int *not_pd)
 {
   dense *ds = st->impl;
   ds->shift = shift;
+  st->res->flops += share(ds, (double)st->N * st->N * st->N / 3); /* counted in the summary's GFLOP/s */
   return ar_dmat_factor(ds->H, shift, not_pd);
 }
 
@@ -39,6 +49,7 @@ static int dense_solve(ar_stepper *st, const double *g, double *dz, double *pred
   AR_MALLOC(rhs, N);
   for (int i = 0; i < N; i++) rhs[i] = -g[i];
   int err = ar_dmat_solve(ds->H, rhs, dz);
+  st->res->flops += share(ds, 2.0 * N * N);
   free(rhs);
   AR_CALL(err);
   /* (H + shift I) dz = -g, so dz.(H + shift I).dz = -g.dz and the model's decrease is
@@ -80,5 +91,6 @@ int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_re
   st->impl = ds;
   *out = st;
   AR_CHECK(ds, AR_ERR_MEM, "out of memory (dense step)");
+  ds->grid = grid;
   return ar_dmat_create(grid, N, nb, &ds->H);
 }

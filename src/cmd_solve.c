@@ -159,11 +159,11 @@ static int read_restart(MPI_Comm comm, const solve_cfg *s, ar_problem prob, ar_c
     err = AR_ERROR(AR_ERR_DATA, "--restart %s: written for other input data (checksums differ)", f);
   if (!err && (c->method != s->so.method || c->hessian != s->so.hessian || c->chord_steps != s->so.chord_steps))
     err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with another --method, --hessian or --chord-steps", f);
+  if (!err && (c->lambda_x != s->c.eval.lambda_x || c->lambda_y != s->c.eval.lambda_y))
+    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --lambda-x %g --lambda-y %g", f, c->lambda_x, c->lambda_y);
   if (!err && (c->linear_solver != s->so.linear_solver || c->whiten != (s->whiten == WHITEN_ON)))
     err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --linear-solver %s --whiten %s", f,
                    ar_linear_solver_name(c->linear_solver), c->whiten ? "on" : "off");
-  if (!err && (c->lambda_x != s->c.eval.lambda_x || c->lambda_y != s->c.eval.lambda_y))
-    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --lambda-x %g --lambda-y %g", f, c->lambda_x, c->lambda_y);
   err = ar_error_agree(comm, err);
   if (err) ar_checkpoint_free(c);
   return err;
@@ -195,12 +195,12 @@ static int write_history(ar_out *out, const ar_solve_result *r)
 {
   FILE *f = ar_out_fopen(out, "history.csv");
   AR_CHECK(f, AR_ERR_IO, "%s", ar_error_message());
-  fputs("iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,hessian,step,cg_iters\n", f);
+  fputs("iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,cg_iters,hessian,step\n", f);
   for (int i = 0; i <= r->iterations; i++) {
     const ar_iter_info *h = &r->history[i];
-    fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d,%s,%s,%d\n", h->iter, h->loss, h->rel_loss,
-            h->grad_norm, h->mu, h->rho, h->step_norm, h->seconds, h->accepted, kind_name(h->hessian),
-            h->iter == 0 ? "start" : h->chord ? "chord" : "newton", h->cg_iters);
+    fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d,%d,%s,%s\n", h->iter, h->loss, h->rel_loss,
+            h->grad_norm, h->mu, h->rho, h->step_norm, h->seconds, h->accepted, h->cg_iters, kind_name(h->hessian),
+            h->iter == 0 ? "start" : h->chord ? "chord" : "newton");
   }
   AR_CHECK(fclose(f) == 0, AR_ERR_IO, "%s/history.csv: write failed", out->dir);
   return AR_OK;

@@ -107,6 +107,10 @@ int ar_dmat_write_npy(ar_dmat A, const char *path);
  * then fails with an internal error instead of using it).  *not_pd = 1 when A + shift*I is not
  * positive definite (pdpotrf info > 0: global). */
 int ar_dmat_factor(ar_dmat A, double shift, int *not_pd);
+/* Collective: the same with a diagonal shift: shift_diag[i] added to A_ii (global, length N). */
+int ar_dmat_factor_diag(ar_dmat A, double shift, const double *shift_diag, int *not_pd);
+/* Collective: the diagonal of A on every rank (global, length N). */
+int ar_dmat_diag(ar_dmat A, double *diag);
 /* Collective: x = (A + shift*I)^{-1} rhs with the last successful ar_dmat_factor (pdpotrs).
  * rhs, x: global vectors of length N (replicated). */
 int ar_dmat_solve(ar_dmat A, const double *rhs, double *x);
@@ -262,6 +266,19 @@ typedef enum {
 } ar_linear_solver;
 const char *ar_linear_solver_name(int ls); /* not collective: "cholesky", ...; NULL if none */
 
+/* The shape of the Levenberg-Marquardt shift of the dense step: mu s I (s = mean |diag H|), or
+ * mu s D with D = |diag H| / s (Marquardt, More: scale-invariant, for badly scaled unknowns). */
+#define AR_SHIFT_MAP(X)                \
+  X(AR_SHIFT_IDENTITY, 0, "identity")  \
+  X(AR_SHIFT_DIAGONAL, 1, "diagonal")
+
+typedef enum {
+#define AR_SHIFT_ENUM(name, value, text) name = value,
+  AR_SHIFT_MAP(AR_SHIFT_ENUM)
+#undef AR_SHIFT_ENUM
+} ar_shift_kind;
+const char *ar_shift_name(int kind); /* not collective */
+
 /* One row of the history.  The fields come from one list (X(type, name): type int or double),
  * which the struct and the checkpoint serialiser both follow:
  *   iter      0 = the starting point
@@ -320,6 +337,7 @@ typedef struct {
   int hessian;               /* ar_hessian_kind: EXACT, GAUSS_NEWTON or AUTO */
   int linear_solver;         /* ar_linear_solver (AUTO: by the plan's flop model) */
   int cg_max_iter;           /* matrix-free: conjugate-gradient iterations per step at most */
+  int shift;                 /* ar_shift_kind of the dense step's shift */
   int chord_steps;           /* steps that reuse one Cholesky factor after the Newton step (0: none) */
   int64_t max_iter;
   double time_limit;         /* seconds, <= 0: none */

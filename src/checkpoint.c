@@ -1,10 +1,10 @@
 /* Checkpoint file format (little-endian), version 3:
  *   "ARCKPT" 0x03 0x00 | n i64 | d i32 | m i32 | data_hash u64 | method i32 | hessian i32 |
- *   chord_steps i32 | linear_solver i32 | whiten i32 | lambda_x f64 | lambda_y f64 |
+ *   chord_steps i32 | linear_solver i32 | whiten i32 | shift i32 | lambda_x f64 | lambda_y f64 |
  *   the scalar fields of ar_solver_state in the order of AR_STATE_FIELDS (int: i32, double: f64) |
  *   D i32 | z[D] f64 | zf[D] f64 | nhist i32 (= iter + 1) | nhist rows, each the fields of
  *   ar_iter_info in the order of AR_ITER_FIELDS | FNV-1a 64 checksum of every byte before it.
- * (Version 2 had no linear_solver, whiten or cg_iters.) */
+ * (Version 2 had no linear_solver, whiten, shift or cg_iters.) */
 #include "checkpoint.h"
 
 #include <errno.h>
@@ -75,6 +75,7 @@ int ar_checkpoint_write(const char *path, const ar_checkpoint *c)
   put(&w, magic, sizeof magic);
   PUT(&w, c->n), put_int(&w, c->d), put_int(&w, c->m), PUT(&w, c->data_hash), put_int(&w, c->method);
   put_int(&w, c->hessian), put_int(&w, c->chord_steps), put_int(&w, c->linear_solver), put_int(&w, c->whiten);
+  put_int(&w, c->shift);
   PUT(&w, c->lambda_x), PUT(&w, c->lambda_y);
   AR_STATE_FIELDS(PUT_STATE)
   put_int(&w, s->D);
@@ -144,7 +145,7 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   ar_solver_state *s = &c->st;
   int ok = GET(&r, c->n) && get_int(&r, &c->d) && get_int(&r, &c->m) && GET(&r, c->data_hash) &&
            get_int(&r, &c->method) && get_int(&r, &c->hessian) && get_int(&r, &c->chord_steps) &&
-           get_int(&r, &c->linear_solver) && get_int(&r, &c->whiten) &&
+           get_int(&r, &c->linear_solver) && get_int(&r, &c->whiten) && get_int(&r, &c->shift) &&
            GET(&r, c->lambda_x) && GET(&r, c->lambda_y);
   AR_STATE_FIELDS(GET_STATE)
   ok = ok && get_int(&r, &s->D);
@@ -156,7 +157,7 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   AR_CHECK(s->iter >= 0 && s->iter < AR_CKPT_MAX_ITER && ar_method_name(c->method) &&
                (valid_kind(c->hessian) || c->hessian == AR_HESS_AUTO) && kinds_ok && c->chord_steps >= 0 &&
                (c->linear_solver == AR_LINSOLVE_CHOLESKY || c->linear_solver == AR_LINSOLVE_CG) &&
-               (c->whiten == 0 || c->whiten == 1) &&
+               (c->whiten == 0 || c->whiten == 1) && ar_shift_name(c->shift) &&
                s->nchord >= 0 && s->nchord <= s->iter,
            AR_ERR_DATA, "%s: invalid solver state in checkpoint", name);
   AR_CHECK((r.len - r.off) / 2 >= sizeof(double) * (size_t)D, AR_ERR_DATA, "%s: truncated checkpoint", name);

@@ -16,6 +16,7 @@ typedef struct {
   int chord_steps;           /* --chord-steps */
   int linear_solver;         /* ar_linear_solver in use (never AUTO) */
   int whiten;                /* 1: the state is in whitened variables (X~, Y~) */
+  int shift;                 /* ar_shift_kind of the dense step */
   double lambda_x, lambda_y;
   ar_solver_state st;        /* st.z, st.zf and st.history are owned (ar_checkpoint_free) */
 } ar_checkpoint;

@@ -66,6 +66,9 @@ static int option_table(solve_cfg *s, ar_option *opts)
        "Newton step: dense Cholesky of the assembled Hessian, matrix-free conjugate gradients, or auto: the cheaper "
        "by attnreg plan's model that fits the memory budget", NULL, 0, 0, "auto|cholesky|cg", ar_linear_solver_name},
       {"cg-max-iter", AR_OPT_INT, &so->cg_max_iter, "matrix-free step: CG iterations per Newton step at most", NULL, 1},
+      {"shift", AR_OPT_CHOICE, &so->shift,
+       "dense step: Levenberg-Marquardt shift mu s I, or mu s D with D = |diag H| / s (scale-invariant)", NULL, 0, 0,
+       "identity|diagonal", ar_shift_name},
       {"whiten", AR_OPT_CHOICE, &s->whiten,
        "solve in whitened variables (A = QR: an exact change of variables, results in the user's); auto: on "
        "without ridge weights", NULL, 0, 0, "auto|on|off", whiten_name},
@@ -136,7 +139,7 @@ static int write_checkpoint(const ar_solver_state *st, void *vctx)
   if (rank == 0) {
     ar_checkpoint c = {.data_hash = ar_problem_hash(ctx->prob), .method = s->so.method, .hessian = s->so.hessian,
                        .chord_steps = s->so.chord_steps, .linear_solver = s->so.linear_solver,
-                       .whiten = s->whiten == WHITEN_ON, .lambda_x = s->c.eval.lambda_x,
+                       .whiten = s->whiten == WHITEN_ON, .shift = s->so.shift, .lambda_x = s->c.eval.lambda_x,
                        .lambda_y = s->c.eval.lambda_y, .st = *st};
     ar_problem_sizes(ctx->prob, &c.n, &c.d, &c.m);
     err = ar_checkpoint_write(s->checkpoint, &c);
@@ -157,8 +160,9 @@ static int read_restart(MPI_Comm comm, const solve_cfg *s, ar_problem prob, ar_c
                    (long long)c->n, c->d, c->m, (long long)n, d, m);
   if (!err && c->data_hash != ar_problem_hash(prob))
     err = AR_ERROR(AR_ERR_DATA, "--restart %s: written for other input data (checksums differ)", f);
-  if (!err && (c->method != s->so.method || c->hessian != s->so.hessian || c->chord_steps != s->so.chord_steps))
-    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with another --method, --hessian or --chord-steps", f);
+  if (!err && (c->method != s->so.method || c->hessian != s->so.hessian || c->chord_steps != s->so.chord_steps ||
+               c->shift != s->so.shift))
+    err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with another --method, --hessian, --chord-steps or --shift", f);
   if (!err && (c->lambda_x != s->c.eval.lambda_x || c->lambda_y != s->c.eval.lambda_y))
     err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with --lambda-x %g --lambda-y %g", f, c->lambda_x, c->lambda_y);
   if (!err && (c->linear_solver != s->so.linear_solver || c->whiten != (s->whiten == WHITEN_ON)))

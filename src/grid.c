@@ -163,7 +163,21 @@ int ar_dmat_mean_abs_diag(ar_dmat A, double *mean)
   return AR_OK;
 }
 
-int ar_dmat_factor(ar_dmat A, double shift, int *not_pd)
+int ar_dmat_diag(ar_dmat A, double *diag)
+{
+  ar_grid g = A->g;
+  memset(diag, 0, sizeof(double) * A->N);
+  for (int lj = 0; lj < A->locc; lj++) {
+    int gj = ar_bc_global(lj, A->nb, g->pc, g->mycol);
+    if (ar_bc_owner(gj, A->nb, g->pr) == g->myrow) diag[gj] = A->a[(size_t)lj * A->lld + ar_bc_local(gj, A->nb, g->pr)];
+  }
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, diag, A->N, MPI_DOUBLE, MPI_SUM, g->comm));
+  return AR_OK;
+}
+
+int ar_dmat_factor(ar_dmat A, double shift, int *not_pd) { return ar_dmat_factor_diag(A, shift, NULL, not_pd); }
+
+int ar_dmat_factor_diag(ar_dmat A, double shift, const double *shift_diag, int *not_pd)
 {
   ar_grid g = A->g;
   const int N = A->N, nb = A->nb, one = 1;
@@ -171,7 +185,8 @@ int ar_dmat_factor(ar_dmat A, double shift, int *not_pd)
   memcpy(A->fact, A->a, cnt * sizeof(double));
   for (int lj = 0; lj < A->locc; lj++) {
     int gj = ar_bc_global(lj, nb, g->pc, g->mycol);
-    if (ar_bc_owner(gj, nb, g->pr) == g->myrow) A->fact[(size_t)lj * A->lld + ar_bc_local(gj, nb, g->pr)] += shift;
+    if (ar_bc_owner(gj, nb, g->pr) == g->myrow)
+      A->fact[(size_t)lj * A->lld + ar_bc_local(gj, nb, g->pr)] += shift_diag ? shift_diag[gj] : shift;
   }
   int info = 0;
   double t0 = MPI_Wtime();

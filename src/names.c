@@ -51,3 +51,13 @@ const char *ar_linear_solver_name(int ls)
   }
   return NULL;
 }
+
+const char *ar_shift_name(int kind)
+{
+  switch (kind) {
+#define AR_SHIFT_CASE(name, value, text) case name: return text;
+    AR_SHIFT_MAP(AR_SHIFT_CASE)
+#undef AR_SHIFT_CASE
+  }
+  return NULL;
+}

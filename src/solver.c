@@ -54,6 +54,7 @@ void ar_solver_options_default(ar_solver_options *o)
   o->mu_max = 1e16;
   o->linear_solver = AR_LINSOLVE_AUTO;
   o->cg_max_iter = 500;
+  o->shift = AR_SHIFT_IDENTITY;
 }
 
 int ar_solver_options_check(const ar_solver_options *o)
@@ -76,6 +77,7 @@ int ar_solver_options_check(const ar_solver_options *o)
   AR_CHECK(o->nb >= 0, AR_ERR_USAGE, "--nb: must be >= 1, got %d", o->nb);
   AR_CHECK(ar_linear_solver_name(o->linear_solver), AR_ERR_USAGE, "--linear-solver: %d is not a solver",
            o->linear_solver);
+  AR_CHECK(ar_shift_name(o->shift), AR_ERR_USAGE, "--shift: %d is not a shift kind", o->shift);
   AR_CHECK(o->cg_max_iter >= 1, AR_ERR_USAGE, "--cg-max-iter: must be >= 1, got %d", o->cg_max_iter);
   AR_CHECK(o->checkpoint_every >= 0, AR_ERR_USAGE, "--checkpoint-every: must be >= 0, got %d", o->checkpoint_every);
   return AR_OK;
@@ -408,7 +410,7 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
     ls = ar_plan_linear_solver(p->n, p->d, p->m, p->size, pr, pc, o->nb, ar_eval_tile(ev), ar_eval_chunk(ev), 32,
                                o->hessian, 0);
   int err = ls == AR_LINSOLVE_CG ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, 0, res, &s.step)
-                                 : ar_stepper_dense_create(ev, grid, s.N, o->nb, res, &s.step);
+                                 : ar_stepper_dense_create(ev, grid, s.N, o->nb, o->shift, res, &s.step);
   res->linear_solver = ls;
   s.st.z = calloc(s.D, sizeof(double)), s.st.zf = calloc(s.D, sizeof(double));
   s.zt = calloc(s.D, sizeof(double)), s.g = calloc(s.D, sizeof(double));

@@ -47,8 +47,10 @@ struct ar_stepper_s {
  * with the evaluation's flops and times added to st->res.  For the implementations. */
 int ar_stepper_eval(ar_stepper *st, const double *z, ar_hessian_kind hk, ar_dmat H, double *f, double *g);
 
-/* Collective: the dense method on grid, N unknowns, ScaLAPACK block size nb (0: default). */
-int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_result *res, ar_stepper **st);
+/* Collective: the dense method on grid, N unknowns, ScaLAPACK block size nb (0: default), the
+ * shift's shape (ar_shift_kind). */
+int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, int shift, ar_solve_result *res,
+                            ar_stepper **st);
 /* Collective: the matrix-free method (step_cg.c): preconditioned CG with Hessian-vector
  * products, at most max_iter iterations a step; fixed_rtol > 0 replaces the Eisenstat-Walker
  * forcing term by a fixed relative residual (tests compare steps with it). */

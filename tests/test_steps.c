@@ -33,7 +33,7 @@ static void compare(const char *name, ar_problem prob, const double *z, ar_hessi
   TU_OK(ar_eval_create(prob, &eo, &ev));
   ar_solve_result res = {0};
   ar_stepper *dense, *cg;
-  TU_OK(ar_stepper_dense_create(ev, g, D, 0, &res, &dense));
+  TU_OK(ar_stepper_dense_create(ev, g, D, 0, AR_SHIFT_IDENTITY, &res, &dense));
   TU_OK(ar_stepper_cg_create(ev, D, 20 * D, 1e-13, &res, &cg));
   double f1, f2, scale, pred1, pred2, *g1 = malloc(sizeof(double) * D), *g2 = malloc(sizeof(double) * D);
   double *dz1 = malloc(sizeof(double) * D), *dz2 = malloc(sizeof(double) * D);
@@ -83,7 +83,7 @@ static void indefinite(const char *name, ar_problem prob, const double *z, int *
   TU_OK(ar_eval_create(prob, &eo, &ev));
   ar_solve_result res = {0};
   ar_stepper *dense, *cg;
-  TU_OK(ar_stepper_dense_create(ev, g, D, 0, &res, &dense));
+  TU_OK(ar_stepper_dense_create(ev, g, D, 0, AR_SHIFT_IDENTITY, &res, &dense));
   TU_OK(ar_stepper_cg_create(ev, D, 20 * D, 1e-13, &res, &cg));
   double f, pred = 0, *gr = malloc(sizeof(double) * D), *dz = malloc(sizeof(double) * D);
   int not_pd = 0, indef = 0;

@@ -165,6 +165,7 @@ typedef struct {
   double loss;           /* global: L(X,Y) including ridge terms */
   double *grad;          /* global, length D (z ordering); NULL if not requested */
   ar_dmat hess;          /* distributed D x D Hessian; NULL if not requested */
+  int lower_only;        /* in: only its lower triangle is needed (a Cholesky): half the reduction */
   double flops;          /* local flops done counted in the GEMMs it ran */
   double t_kernel, t_hess, t_reduce; /* local seconds: loss/gradient, Hessian assembly, reductions */
   double t_ring;         /* local seconds waiting for key/value blocks of the ring */

@@ -485,7 +485,7 @@ int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
   double t2 = ar_wtime(), t_hred = 0;
   if (hk != AR_HESS_NONE) {
     memcpy(ev->parts.ptp, gY + dm, sizeof(double) * dd); /* already global: hessian.c adds it once */
-    AR_CALL(ar_hess_assemble(p->comm, &ev->parts, lx, ly, out->hess, &t_hred));
+    AR_CALL(ar_hess_assemble(p->comm, &ev->parts, lx, ly, out->hess, out->lower_only, &t_hred));
   }
   double t3 = ar_wtime();
   out->flops = flops;

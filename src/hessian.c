@@ -49,24 +49,40 @@ static double entry(const ar_hess_parts *h, const index_tables *t, int I, int J,
 /* This rank's contribution for global columns [J0, J1), packed by owner in each owner's local
  * column-major order (the block-cyclic map is monotone, so an owner's local columns of a
  * global range are one contiguous range); counts[owner] entries each. */
-static size_t pack_panel(const ar_hess_parts *h, const index_tables *t, ar_dmat H, int J0, int J1, double lx,
-                         double ly, double *send, int *counts)
+static size_t pack_panel(const ar_hess_parts *h, const index_tables *t, ar_dmat H, int J0, int J1, int lower,
+                         double lx, double ly, double *send, int *counts)
 {
   ar_grid g = H->g;
   const int N = H->N, nb = H->nb, zero = 0, global_part = g->rank == 0;
   size_t off = 0;
   for (int prow = 0; prow < g->pr; prow++)
     for (int pcol = 0; pcol < g->pc; pcol++) {
+      const size_t start = off;
       int lr = numroc_(&N, &nb, &prow, &zero, &g->pr);
       int lc0 = numroc_(&J0, &nb, &pcol, &zero, &g->pc), lc1 = numroc_(&J1, &nb, &pcol, &zero, &g->pc);
-      counts[prow * g->pc + pcol] = lr * (lc1 - lc0);
       for (int lj = lc0; lj < lc1; lj++) {
         int J = ar_bc_global(lj, nb, g->pc, pcol);
-        for (int li = 0; li < lr; li++)
+        /* lower: only rows I >= J, the owner's local rows from numroc(J) on */
+        for (int li = lower ? numroc_(&J, &nb, &prow, &zero, &g->pr) : 0; li < lr; li++)
           send[off++] = entry(h, t, ar_bc_global(li, nb, g->pr, prow), J, global_part, lx, ly);
       }
+      counts[prow * g->pc + pcol] = (int)(off - start);
     }
   return off;
+}
+
+/* lower: this rank's reduced entries of the panel (in recv) into its local columns, rows I >= J. */
+static void unpack_lower(ar_dmat H, int J0, int J1, const double *recv)
+{
+  ar_grid g = H->g;
+  const int zero = 0;
+  int lc0 = numroc_(&J0, &H->nb, &g->mycol, &zero, &g->pc), lc1 = numroc_(&J1, &H->nb, &g->mycol, &zero, &g->pc);
+  size_t k = 0;
+  for (int lj = lc0; lj < lc1; lj++) {
+    int J = ar_bc_global(lj, H->nb, g->pc, g->mycol);
+    for (int li = numroc_(&J, &H->nb, &g->myrow, &zero, &g->pr); li < H->locr; li++)
+      H->a[(size_t)lj * H->lld + li] = recv[k++];
+  }
 }
 
 /* The send panel (columns per reduction) and the index tables, kept between evaluations: a
@@ -74,15 +90,16 @@ static size_t pack_panel(const ar_hess_parts *h, const index_tables *t, ar_dmat 
 static int assembly_workspace(ar_hess_parts *h, ar_grid g, int N)
 {
   if (h->work_n == N) return AR_OK;
-  free(h->send), free(h->counts), free(h->hi), free(h->lo), free(h->pairs);
+  free(h->send), free(h->recv), free(h->counts), free(h->hi), free(h->lo), free(h->pairs);
   h->panel = g->size == 1 ? N : (int)(AR_ASSEMBLY_BYTES / 8.0 / N);
   if (h->panel < 1) h->panel = 1;
   if (h->panel > N) h->panel = N;
   h->send = g->size == 1 ? NULL : malloc(sizeof(double) * (size_t)N * h->panel);
+  h->recv = g->size == 1 ? NULL : malloc(sizeof(double) * (size_t)N * h->panel); /* lower: this rank's share */
   h->counts = malloc(sizeof(int) * g->size);
   h->hi = malloc(sizeof(int) * N), h->lo = malloc(sizeof(int) * N), h->pairs = malloc(sizeof(int) * h->d * h->d);
   h->work_n = N;
-  if ((g->size > 1 && !h->send) || !h->counts || !h->hi || !h->lo || !h->pairs) {
+  if ((g->size > 1 && (!h->send || !h->recv)) || !h->counts || !h->hi || !h->lo || !h->pairs) {
     h->work_n = 0;
     return AR_ERROR(AR_ERR_MEM, "out of memory: Hessian assembly panel of %.1f MB", 8.0 * N * h->panel / 1048576.0);
   }
@@ -95,7 +112,7 @@ static int assembly_workspace(ar_hess_parts *h, ar_grid g, int N)
   return AR_OK;
 }
 
-int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *h, double lx, double ly, ar_dmat H, double *t_reduce)
+int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *h, double lx, double ly, ar_dmat H, int lower, double *t_reduce)
 {
   ar_grid g = H->g;
   const int N = H->N;
@@ -106,7 +123,7 @@ int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *h, double lx, double ly, ar_d
   const index_tables t = {h->hi, h->lo, h->pairs};
   *t_reduce = 0;
   if (g->size == 1) { /* one owner: the entries go straight into H */
-    pack_panel(h, &t, H, 0, N, lx, ly, H->a, h->counts);
+    pack_panel(h, &t, H, 0, N, 0, lx, ly, H->a, h->counts);
     return AR_OK;
   }
   /* Column panels of at most AR_ASSEMBLY_BYTES: each reduce-scatter sums the ranks' parts of
@@ -114,13 +131,16 @@ int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *h, double lx, double ly, ar_d
   const int zero = 0;
   for (int J0 = 0; J0 < N; J0 += h->panel) {
     const int J1 = N - J0 < h->panel ? N : J0 + h->panel;
-    pack_panel(h, &t, H, J0, J1, lx, ly, h->send, h->counts);
+    pack_panel(h, &t, H, J0, J1, lower, lx, ly, h->send, h->counts);
     const int lc0 = numroc_(&J0, &H->nb, &g->mycol, &zero, &g->pc);
+    double *recv = lower ? h->recv : H->a + (size_t)lc0 * H->lld;
     double t0 = ar_wtime();
-    int rc = MPI_Reduce_scatter(h->send, H->a + (size_t)lc0 * H->lld, h->counts, MPI_DOUBLE, MPI_SUM, comm);
+    int rc = MPI_Reduce_scatter(h->send, recv, h->counts, MPI_DOUBLE, MPI_SUM, comm);
     *t_reduce += ar_wtime() - t0;
     AR_CHECK(rc == MPI_SUCCESS, AR_ERR_MPI, "MPI_Reduce_scatter of the Hessian failed");
+    if (lower) unpack_lower(H, J0, J1, h->recv);
   }
+  if (lower) return AR_OK; /* the Cholesky reads the lower triangle only */
   /* Entries (I,J) and (J,I) live on different owners, and the reduction may sum the ranks'
    * contributions in a different order for each: restore exact symmetry, H = (H + H^T) / 2
    * (bitwise symmetric, as addition commutes). */
@@ -138,7 +158,7 @@ int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *h, double lx, double ly, ar_d
 
 void ar_hess_parts_free(ar_hess_parts *h)
 {
-  free(h->send), free(h->counts), free(h->hi), free(h->lo), free(h->pairs);
-  h->send = NULL, h->counts = h->hi = h->lo = h->pairs = NULL;
+  free(h->send), free(h->recv), free(h->counts), free(h->hi), free(h->lo), free(h->pairs);
+  h->send = h->recv = NULL, h->counts = h->hi = h->lo = h->pairs = NULL;
   h->work_n = 0;
 }

@@ -35,14 +35,15 @@ typedef struct {
   double *ptp;    /* d x d: P^T P, global (already reduced); added by rank 0 only */
   /* assembly work space kept between evaluations (hessian.c) */
   int work_n, panel;   /* order and columns per reduction the work space is for */
-  double *send;
+  double *send, *recv;
   int *counts, *hi, *lo, *pairs;
 } ar_hess_parts;
 
 /* Collective: sum every rank's parts and write the D x D Hessian into H (block-cyclic),
- * adding the ridge 2*lambda on the diagonal.  Keeps its work space in parts
+ * adding the ridge 2*lambda on the diagonal; lower: only the lower triangle (I >= J), half the
+ * communication, as the Cholesky reads no more (one rank: always whole).  Keeps its work space in parts
  * (ar_hess_parts_free releases it). */
-int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *parts, double lambda_x, double lambda_y, ar_dmat H,
+int ar_hess_assemble(MPI_Comm comm, ar_hess_parts *parts, double lambda_x, double lambda_y, ar_dmat H, int lower,
                      double *t_reduce);
 
 void ar_hess_parts_free(ar_hess_parts *parts);

@@ -6,7 +6,7 @@
 
 int ar_stepper_eval(ar_stepper *st, const double *z, ar_hessian_kind hk, ar_dmat H, double *f, double *g)
 {
-  ar_eval_out out = {.grad = g, .hess = hk != AR_HESS_NONE ? H : NULL};
+  ar_eval_out out = {.grad = g, .hess = hk != AR_HESS_NONE ? H : NULL, .lower_only = 1};
   AR_CALL(ar_eval_compute(st->ev, z, z + st->dd, hk, &out));
   *f = out.loss;
   st->res->flops += out.flops;

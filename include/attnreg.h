@@ -230,7 +230,8 @@ void ar_dmat_times(ar_dmat A, double *t_factor, double *t_solve, int *nfactor);
   X(AR_DIVERGED_MAXITS, "DIVERGED_MAXITS", 0)                              \
   X(AR_DIVERGED_MU_OVERFLOW, "DIVERGED_MU_OVERFLOW", 0)                    \
   X(AR_DIVERGED_TIME_LIMIT, "DIVERGED_TIME_LIMIT", 0)                      \
-  X(AR_DIVERGED_SIGNAL, "DIVERGED_SIGNAL", 0)
+  X(AR_DIVERGED_SIGNAL, "DIVERGED_SIGNAL", 0)                              \
+  X(AR_STOPPED_EARLY, "STOPPED_EARLY", 0)
 
 typedef enum {
 #define AR_REASON_ENUM(name, text, conv) name,
@@ -299,6 +300,9 @@ typedef struct {
 } ar_iter_info;
 
 typedef void (*ar_monitor_fn)(const ar_iter_info *it, void *ctx); /* called on every rank */
+/* Called on every rank after each iteration with the same global it: non-zero stops the solve
+ * with AR_STOPPED_EARLY (multi-start racing).  Must decide on global data only. */
+typedef int (*ar_stop_fn)(const ar_iter_info *it, void *ctx);
 
 /* Everything the solver needs to continue exactly where it stopped (checkpoint/restart), and
  * the solver's own record of its state while it runs: one list of the scalar fields, which
@@ -353,6 +357,8 @@ typedef struct {
   ar_monitor_fn monitor;
   void *monitor_ctx;
   ar_progress *progress;     /* long iterations report their phases here (NULL: none) */
+  ar_stop_fn stop;           /* NULL: never stop early */
+  void *stop_ctx;
 } ar_solver_options;
 /* Not collective: the defaults (the command line's defaults come from here). */
 void ar_solver_options_default(ar_solver_options *o);
@@ -379,6 +385,14 @@ int ar_solve(ar_problem prob, ar_eval ev, ar_grid grid, const ar_solver_options 
 /* Collective: Y = argmin_Y L(X, Y) (ridge lambda_y of ev included): (P^T P + lambda_y I) Y = P^T B.
  * A singular P^T P (e.g. n < d) gets a tiny shift (1e-12 of its mean diagonal). */
 int ar_solve_least_squares_y(ar_eval ev, const double *X, double *Y);
+/* Collective: the same, and the reduced loss L(X, Y*(X)) (ridge terms included) from the normal
+ * equations: one forward pass. */
+int ar_reduced_loss(ar_eval ev, const double *X, double *Y, double *loss);
+/* Collective: the fixed-norm search of the multi-start strategy "norm" (docs/solver.md): from X
+ * (global; its Frobenius norm r is kept), projected gradient descent of the reduced loss
+ * L(X, Y*(X)) on the sphere ||X||_F = r with an Armijo line search, at most iters steps; X, Y
+ * (= Y*(X)) updated in place, *loss the reduced loss there, *evals the loss evaluations. */
+int ar_fixed_norm_search(ar_eval ev, double *X, double *Y, int iters, double *loss, int *evals);
 
 /* ------------------------------------------------------------------------------------------
  * Planning: memory per rank, flops and communication per Newton iteration, without running.

@@ -515,17 +515,16 @@ int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *P
 extern void dposv_(const char *uplo, const int *n, const int *nrhs, double *a, const int *lda, double *b,
                    const int *ldb, int *info);
 
-int ar_solve_least_squares_y(ar_eval ev, const double *X, double *Y)
+/* Y from the normal equations (P^T P + lambda_y I) Y = P^T B; a singular P^T P gets a tiny
+ * shift.  Same inputs on every rank and a deterministic LAPACK: every rank gets the same Y. */
+static int solve_normal(ar_eval ev, const double *A, const double *Bt, double *Y)
 {
   const int d = ev->p->d, m = ev->p->m;
-  double *A, *B, *Bt;
-  AR_MALLOC(A, d * d);
+  double *B;
   AR_MALLOC(B, d * (d > m ? d : m));
-  AR_MALLOC(Bt, d * m);
-  int err = ar_eval_normal_equations(ev, X, A, Bt);
   double tr = 0;
   for (int k = 0; k < d; k++) tr += A[k * d + k];
-  /* Same inputs on every rank and a deterministic LAPACK: every rank gets the same Y. */
+  int err = AR_OK;
   for (int attempt = 0; !err && attempt < 2; attempt++) {
     double shift = ev->opt.lambda_y + (attempt ? 1e-12 * tr / d + 1e-300 : 0);
     memcpy(B, A, sizeof(double) * d * d);
@@ -543,6 +542,34 @@ int ar_solve_least_squares_y(ar_eval ev, const double *X, double *Y)
     for (int k = 0; k < d; k++)
       for (int i = 0; i < m; i++) Y[k * m + i] = B[i * d + k];
   }
-  free(A), free(B), free(Bt);
+  free(B);
+  return err;
+}
+
+int ar_solve_least_squares_y(ar_eval ev, const double *X, double *Y)
+{
+  double loss;
+  return ar_reduced_loss(ev, X, Y, &loss);
+}
+
+int ar_reduced_loss(ar_eval ev, const double *X, double *Y, double *loss)
+{
+  const int d = ev->p->d, m = ev->p->m;
+  double *A, *Bt;
+  AR_MALLOC(A, d * d);
+  AR_MALLOC(Bt, d * m);
+  int err = ar_eval_normal_equations(ev, X, A, Bt);
+  if (!err) err = solve_normal(ev, A, Bt, Y);
+  /* L = |B|^2 - 2 tr(Y^T P^T B) + tr(Y^T P^T P Y) + lx |X|^2 + ly |Y|^2 */
+  double l = ev->p->bnorm2, rx = 0;
+  for (int k = 0; !err && k < d; k++)
+    for (int i = 0; i < m; i++) {
+      double py = 0;
+      for (int kk = 0; kk < d; kk++) py += A[k * d + kk] * Y[kk * m + i];
+      l += Y[k * m + i] * (py - 2 * Bt[k * m + i]) + ev->opt.lambda_y * Y[k * m + i] * Y[k * m + i];
+    }
+  for (int i = 0; i < d * d; i++) rx += X[i] * X[i];
+  *loss = l + ev->opt.lambda_x * rx;
+  free(A), free(Bt);
   return err;
 }

@@ -387,6 +387,10 @@ static int solve_loop(lm_state *s)
     else AR_CALL(try_step(s));
     s->t_last_iter = ar_wtime() - s->t_iter_start;
     AR_CALL(record(s));
+    if (s->o->stop && s->o->stop(&s->res->history[s->st.iter], s->o->stop_ctx)) {
+      reason = AR_STOPPED_EARLY;
+      break;
+    }
     if (s->o->checkpoint_every > 0 && s->st.iter % s->o->checkpoint_every == 0) AR_CALL(checkpoint(s));
   }
   s->res->reason = reason;

@@ -15,7 +15,7 @@ TMP = tempfile.mkdtemp(prefix="attnreg-plan-")
 def plan(n, d, m, ranks, *extra):
     out = run(1, "plan", "--n", n, "--d", d, "--m", m, "--ranks", ranks, *extra).stdout
     total = float(re.search(r"^  total +([0-9.]+)", out, re.M).group(1))
-    flops = float(re.search(r"Cholesky \+ solve [0-9.]+, total ([0-9.]+)", out).group(1))
+    flops = float(re.search(r"trial loss [0-9.]+, (?:Cholesky \+ solve [0-9.]+, )?total ([0-9.]+)", out).group(1))
     return total, flops, out
 
 
@@ -47,9 +47,13 @@ class Plan(unittest.TestCase):
         data = os.path.join(TMP, "p4096-32-32")
         if not os.path.exists(data):
             run(2, "generate", "--n", 4096, "--d", 32, "--out", data, "--quiet")
-        _, _, out = plan(4096, 32, 32, 2, "--mem-per-rank", "0.1")
+        _, _, out = plan(4096, 32, 32, 2, "--mem-per-rank", "0.1", "--linear-solver", "cholesky")
         self.assertIn("DOES NOT FIT", out)
-        p = run(2, "solve", "--data", data, "--mem-per-rank", "0.1", "--out", TMP + "/refused", check=False)
+        # auto takes the matrix-free step when only it fits
+        _, _, out = plan(4096, 32, 32, 2, "--mem-per-rank", "0.1")
+        self.assertIn("matrix-free CG step", out)
+        p = run(2, "solve", "--data", data, "--mem-per-rank", "0.1", "--linear-solver", "cholesky", "--out",
+                TMP + "/refused", check=False)
         self.assertEqual(p.returncode, 2, p.stderr)
         self.assertRegex(p.stderr, r"needs an estimated \d+ MB per rank .* budget is 102 MB")
         self.assertFalse(os.path.exists(TMP + "/refused"))

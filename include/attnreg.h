@@ -64,6 +64,8 @@ int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_l
 void ar_problem_destroy(ar_problem *prob);  /* not collective; NULLs *prob */
 void ar_problem_sizes(ar_problem prob, int64_t *n, int *d, int *m); /* global */
 double ar_problem_bnorm2(ar_problem prob);  /* global: ||B||_F^2 */
+/* Collective: ||A1||_F and ||A2||_F (global). */
+int ar_problem_input_norms(ar_problem prob, double *a1, double *a2);
 /* Global: a 64-bit fingerprint of (n, d, m, A1, A2, A3, B), independent of the rank count
  * (a sum of per-entry hashes), used to tie a checkpoint to its data. */
 uint64_t ar_problem_hash(ar_problem prob);

@@ -9,46 +9,24 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "commands.h"
+#include "solve_cli.h"
 #include "error.h"
 #include "npy.h"
 #include "output.h"
 #include "timing.h"
 
-/* The command line: the data/layout options, the solver's options (defaults from
- * ar_solver_options_default), and what only the command has. */
-typedef struct {
-  ar_common_cfg c;
-  ar_solver_options so;
-  const char *x0, *y0, *out, *checkpoint, *restart;
-  double mem_per_rank;
-  int whiten; /* WHITEN_AUTO, _ON, _OFF */
-} solve_cfg;
-
-/* --whiten: on when the ridge weights are 0 (auto), or as asked. */
-enum { WHITEN_AUTO, WHITEN_ON, WHITEN_OFF };
 static const char *whiten_name(int w)
 {
   return w == WHITEN_AUTO ? "auto" : w == WHITEN_ON ? "on" : w == WHITEN_OFF ? "off" : NULL;
 }
 
-/* One run: what setup makes and the end releases. */
-typedef struct {
-  ar_problem prob;          /* the problem solved: the whitened one when whitened */
-  ar_whitening white;       /* NULL: not whitened */
-  ar_grid grid;
-  ar_eval ev;
-  double *X, *Y;
-  ar_out out;
-  int have_out;
-  ar_checkpoint ck;
-  ar_solve_result r;
-  int64_t n;
-  int d, m;
-  double t_load, t_setup;
-  double grad_norm_user;    /* whitened: |grad| in the user's variables at the end */
-} solve_run;
+static const char *strategy_name(int k)
+{
+  return k == AR_STRATEGY_STARTS ? "starts" : k == AR_STRATEGY_NORM ? "norm" : k == AR_STRATEGY_HOP ? "hop"
+         : k == AR_STRATEGY_PORTFOLIO ? "portfolio" : NULL;
+}
 
-#define SOLVE_MAX_OPTS 40
+#define SOLVE_MAX_OPTS 48
 
 static int option_table(solve_cfg *s, ar_option *opts)
 {
@@ -88,6 +66,15 @@ static int option_table(solve_cfg *s, ar_option *opts)
       {"checkpoint-every", AR_OPT_INT, &so->checkpoint_every, "checkpoint period in iterations (0: only on a signal)",
        "0"},
       {"restart", AR_OPT_STRING, &s->restart, "continue from this checkpoint (same data and method)"},
+      {"starts", AR_OPT_INT, &s->starts, "multi-start: solve from K starts, keep the best (start 0: --x0)", "1", 1},
+      {"strategy", AR_OPT_CHOICE, &s->strategy,
+       "multi-start: random starts, fixed-norm search then Newton, basin hopping from the best, or a mix", NULL, 0, 0,
+       "starts|norm|hop|portfolio", strategy_name},
+      {"start-scale", AR_OPT_DOUBLE, &s->start_scale, "multi-start: random starts have X entries N(0, scale^2)"},
+      {"start-seed", AR_OPT_INT64, &s->start_seed, "multi-start: seed of the random starts"},
+      {"ranks-per-start", AR_OPT_INT, &s->ranks_per_start,
+       "multi-start: ranks that solve one start together (the others run other starts at the same time)", NULL, 1},
+      {"no-race", AR_OPT_FLAG, &s->no_race, "multi-start: run every start to its end (no early stop of poor ones)"},
       {"mem-per-rank", AR_OPT_DOUBLE, &s->mem_per_rank,
        "memory budget per rank in GB; a run that attnreg plan says cannot fit is refused", "from SLURM or the node", 0,
        1},
@@ -103,6 +90,8 @@ static int option_table(solve_cfg *s, ar_option *opts)
 static volatile sig_atomic_t g_signal;
 
 static void on_signal(int sig) { g_signal = sig; }
+
+volatile sig_atomic_t *ar_solve_signal_flag(void) { return &g_signal; }
 
 void ar_cmd_solve_signals(void)
 {
@@ -195,13 +184,13 @@ static void monitor(const ar_iter_info *it, void *ctx)
   fflush(stdout);
 }
 
-static int write_history(ar_out *out, const ar_solve_result *r)
+int ar_solve_write_history(ar_out *out, const ar_iter_info *history, int iterations)
 {
   FILE *f = ar_out_fopen(out, "history.csv");
   AR_CHECK(f, AR_ERR_IO, "%s", ar_error_message());
   fputs("iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,cg_iters,hessian,step\n", f);
-  for (int i = 0; i <= r->iterations; i++) {
-    const ar_iter_info *h = &r->history[i];
+  for (int i = 0; i <= iterations; i++) {
+    const ar_iter_info *h = &history[i];
     fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d,%d,%s,%s\n", h->iter, h->loss, h->rel_loss,
             h->grad_norm, h->mu, h->rho, h->step_norm, h->seconds, h->accepted, h->cg_iters, kind_name(h->hessian),
             h->iter == 0 ? "start" : h->chord ? "chord" : "newton");
@@ -259,7 +248,7 @@ static int write_summary(MPI_Comm comm, solve_run *u, const ar_option *opts, int
     fprintf(f, "  }\n}\n");
     if (fclose(f) != 0) err = AR_ERROR(AR_ERR_IO, "%s/summary.json: write failed", u->out.dir);
   }
-  if (!err && rank == 0) err = write_history(&u->out, r);
+  if (!err && rank == 0) err = ar_solve_write_history(&u->out, r->history, r->iterations);
   return ar_error_agree(comm, err);
 }
 
@@ -288,7 +277,7 @@ static int whiten(MPI_Comm comm, solve_cfg *s, solve_run *u)
 }
 
 /* Collective: the problem, the evaluator, the start point, the output directory, a restart. */
-static int setup(MPI_Comm comm, solve_cfg *s, solve_run *u)
+int ar_solve_setup(MPI_Comm comm, solve_cfg *s, solve_run *u)
 {
   double t0 = ar_wtime();
   AR_CALL(ar_grid_create(comm, s->c.grid[0], s->c.grid[1], &u->grid));
@@ -393,7 +382,7 @@ static int write_results(MPI_Comm comm, solve_run *u, const ar_option *opts, int
 
 int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
 {
-  solve_cfg s = {0};
+  solve_cfg s = {.starts = 1, .start_scale = 1.0, .start_seed = 1, .ranks_per_start = 1};
   ar_common_cfg_default(&s.c);
   ar_solver_options_default(&s.so);
   ar_option opts[SOLVE_MAX_OPTS];
@@ -411,17 +400,25 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
            "--whiten on: the ridge terms --lambda-x/--lambda-y are not invariant under the change of variables; use "
            "--whiten off with ridge weights");
   if (s.whiten == WHITEN_AUTO && ridge) s.whiten = WHITEN_OFF;
+  if (s.starts > 1) return ar_cmd_multistart(comm, &s, opts, nopts);
   solve_run u = {0};
-  int err = ar_error_agree(comm, setup(comm, &s, &u));
+  int err = ar_error_agree(comm, ar_solve_setup(comm, &s, &u));
   if (!err) err = ar_error_agree(comm, run(comm, &s, &u, opts, nopts));
   if (!err && u.have_out) err = write_results(comm, &u, opts, nopts);
   if (err && u.have_out) ar_out_abort(&u.out);
-  free(u.r.history), free(u.r.grad);
-  ar_whitening_destroy(&u.white);
-  ar_checkpoint_free(&u.ck);
-  free(u.X), free(u.Y);
-  ar_eval_destroy(&u.ev);
-  ar_grid_destroy(&u.grid);
-  ar_problem_destroy(&u.prob);
+  ar_solve_release(&u);
   return err;
+}
+
+void ar_solve_release(solve_run *u)
+{
+  free(u->r.history), free(u->r.grad);
+  u->r.history = NULL, u->r.grad = NULL;
+  ar_whitening_destroy(&u->white);
+  ar_checkpoint_free(&u->ck);
+  free(u->X), free(u->Y);
+  u->X = u->Y = NULL;
+  ar_eval_destroy(&u->ev);
+  ar_grid_destroy(&u->grid);
+  ar_problem_destroy(&u->prob);
 }

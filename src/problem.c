@@ -2,6 +2,7 @@
  * Every input is distributed by rows: each rank reads and holds only its rows of A1, A2, A3, B. */
 #include "problem_impl.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,3 +193,12 @@ void ar_problem_sizes(ar_problem p, int64_t *n, int *d, int *m)
 }
 
 double ar_problem_bnorm2(ar_problem p) { return p->bnorm2; }
+
+int ar_problem_input_norms(ar_problem p, double *a1, double *a2)
+{
+  double s[2] = {0, 0};
+  for (int64_t i = 0; i < p->nloc * p->d; i++) s[0] += p->a1[i] * p->a1[i], s[1] += p->a2[i] * p->a2[i];
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, s, 2, MPI_DOUBLE, MPI_SUM, p->comm));
+  *a1 = sqrt(s[0]), *a2 = sqrt(s[1]);
+  return AR_OK;
+}

@@ -150,11 +150,13 @@ static int end_round(ensemble *e, int k0, int k1)
 {
   const int dd = e->u.d * e->u.d, dm = e->u.d * e->u.m;
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, e->rows + (size_t)k0 * F_N, (k1 - k0) * F_N, MPI_DOUBLE, MPI_SUM, e->world));
+  /* better only beyond rounding (several starts reach the same minimum; the earliest counts) */
+  const double floor = 1e-20 * ar_problem_bnorm2(e->u.prob);
   int best = e->best_k;
   for (int k = k0; k < k1; k++) {
-    const double *r = e->rows + (size_t)k * F_N;
+    const double *r = e->rows + (size_t)k * F_N, b = best < 0 ? 0 : e->rows[(size_t)best * F_N + F_LOSS];
     if (r[F_DONE] > 0 && r[F_REASON] != AR_DIVERGED_SIGNAL && isfinite(r[F_LOSS]) &&
-        (best < 0 || r[F_LOSS] < e->rows[(size_t)best * F_N + F_LOSS]))
+        (best < 0 || r[F_LOSS] < b - 1e-10 * b - floor))
       best = k;
   }
   if (best != e->best_k) {
@@ -369,6 +371,7 @@ static int rounds(ensemble *e, int first, const double t0)
   int err = AR_OK;
   for (int b = first; b < nrounds && !err; b++) {
     const int k0 = b * ROUND, k1 = k0 + ROUND < e->K ? k0 + ROUND : e->K;
+    memset(e->rows + (size_t)k0 * F_N, 0, sizeof(double) * F_N * (k1 - k0)); /* a redone round starts clean */
     for (int k = k0; k < k1 && !err; k++) {
       if ((k - k0) % e->ngroups != e->gid) continue;
       int sig = *ar_solve_signal_flag() != 0; /* after a signal the group starts nothing new */
@@ -386,6 +389,7 @@ static int rounds(ensemble *e, int first, const double t0)
       fflush(stdout);
     }
     const int saved = sig ? b : b + 1; /* a round a signal cut short is redone */
+    if (sig) memset(e->rows + (size_t)k0 * F_N, 0, sizeof(double) * F_N * (k1 - k0));
     if (!err && e->s->checkpoint && (sig || e->s->so.checkpoint_every > 0 || b + 1 == nrounds)) {
       if (e->best_k >= 0) err = best_user(e, uX, uY);
       if (!err) err = ar_error_agree(e->world, write_ensemble(e, saved, uX, uY));

@@ -1,0 +1,117 @@
+"""solve --starts K: multi-start over MPI sub-communicators.
+
+  * the outcome does not depend on how the ranks are grouped: 4 ranks with --ranks-per-start 1
+    and 2 give the same starts.csv rows (start, strategy, iterations, reason, early stop; losses
+    up to rounding) and the same best X, Y;
+  * racing stops poor starts early once a good point is known, and saves iterations against
+    --no-race, with the same best answer;
+  * a signal mid-ensemble writes a checkpoint of the finished rounds, and the restart ends with
+    the uninterrupted run's result;
+  * bad configurations are refused with a message.
+"""
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from arutil import ATTNREG, ENV, run, summary  # noqa: E402
+
+TMP = tempfile.mkdtemp(prefix="attnreg-ms-")
+
+
+def rows(out):
+    with open(os.path.join(out, "starts.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+class MultiStart(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.data = os.path.join(TMP, "p")
+        run(2, "generate", "--n", 256, "--d", 6, "--seed", 2, "--out", cls.data, "--quiet")
+
+    def solve(self, np_, out, *extra, check=True, env=None):
+        cmd = ["mpirun", "--oversubscribe", "-n", str(np_), ATTNREG, "solve", "--data", self.data, "--out", out,
+               "--quiet"] + [str(a) for a in extra]
+        p = subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=1200)
+        if check:
+            self.assertEqual(p.returncode, 0, p.stderr)
+        return p
+
+    def same_rows(self, a, b):
+        self.assertEqual(len(a), len(b))
+        for x, y in zip(a, b):
+            for k in ("start", "strategy", "iterations", "reason", "stopped_early"):
+                self.assertEqual(x[k], y[k], (k, x, y))
+            # converged starts agree to rounding; a start cut by the iteration limit mid-way along a
+            # slow descent carries its rounding differences further
+            tol = 1e-8 if x["reason"].startswith("CONVERGED") else 1e-3
+            for k in ("rel_loss", "scale"):
+                u, v = float(x[k]), float(y[k])
+                self.assertLessEqual(abs(u - v), tol * max(abs(u), 1e-20), (k, x, y))
+
+    def test_grouping_does_not_change_the_outcome(self):
+        outs = {}
+        for R in (1, 2):
+            outs[R] = os.path.join(TMP, "r%d" % R)
+            self.solve(4, outs[R], "--starts", 16, "--strategy", "portfolio", "--ranks-per-start", R)
+        self.same_rows(rows(outs[1]), rows(outs[2]))
+        s1, s2 = summary(outs[1] + "/summary.json"), summary(outs[2] + "/summary.json")
+        self.assertEqual((s1["groups"], s2["groups"]), (4, 2))
+        self.assertEqual(s1["best_start"], s2["best_start"])
+        self.assertLessEqual(s1["rel_loss"], 1e-20)  # the planted global minimum was found
+        for f in ("X.npy", "Y.npy"):
+            a, b = np.load(os.path.join(outs[1], f)), np.load(os.path.join(outs[2], f))
+            self.assertLessEqual(np.abs(a - b).max(), 1e-8 * np.abs(a).max())
+        # the written X, Y are the best start's: eval agrees with the summary
+        run(1, "eval", "--data", self.data, "--x", outs[1] + "/X.npy", "--y", outs[1] + "/Y.npy", "--out",
+            os.path.join(TMP, "ev"), "--quiet")
+        self.assertLessEqual(summary(os.path.join(TMP, "ev", "eval.json"))["rel_loss"], 1e-20)
+
+    def test_racing_saves_iterations(self):
+        # start 0 (generate's X0, near the truth) reaches the global minimum in round 1, so poor
+        # stationary points of later rounds are recognised and abandoned
+        raced, full = os.path.join(TMP, "race"), os.path.join(TMP, "norace")
+        self.solve(2, raced, "--x0", self.data + "/X0.npy", "--starts", 24, "--start-scale", 1)
+        self.solve(2, full, "--x0", self.data + "/X0.npy", "--starts", 24, "--start-scale", 1, "--no-race")
+        sr, sf = summary(raced + "/summary.json"), summary(full + "/summary.json")
+        self.assertGreater(sr["stopped_early"], 0)
+        self.assertEqual(sf["stopped_early"], 0)
+        self.assertLess(sr["iterations_total"], sf["iterations_total"])
+        self.assertEqual(sr["best_start"], sf["best_start"])
+        stopped = [r for r in rows(raced) if r["stopped_early"] == "1"]
+        self.assertTrue(all(r["reason"] == "STOPPED_EARLY" and float(r["rel_loss"]) > 1e-3 for r in stopped), stopped)
+
+    def test_signal_and_restart(self):
+        full = os.path.join(TMP, "ck-full")
+        self.solve(2, full, "--starts", 16, "--strategy", "starts")
+        ck = os.path.join(TMP, "ms.ckpt")
+        out = os.path.join(TMP, "ck-out")
+        p = self.solve(2, out, "--starts", 16, "--strategy", "starts", "--checkpoint", ck, check=False,
+                       env=dict(ENV, ATTNREG_FAULT="signal:60:0"))
+        self.assertEqual(p.returncode, 75, p.stderr)
+        self.assertIn("multi-start stopped by a signal", p.stderr)
+        self.assertTrue(os.path.exists(ck))
+        self.assertFalse(os.path.exists(out))
+        self.solve(3, out, "--starts", 16, "--strategy", "starts", "--restart", ck)
+        self.same_rows(rows(full), rows(out))
+        self.assertEqual(summary(out + "/summary.json")["best_start"], summary(full + "/summary.json")["best_start"])
+        p = self.solve(2, os.path.join(TMP, "ck-bad"), "--starts", 16, "--strategy", "norm", "--restart", ck,
+                       check=False)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("written with other --starts, --strategy", p.stderr)
+
+    def test_refusals(self):
+        p = self.solve(4, os.path.join(TMP, "bad"), "--starts", 4, "--ranks-per-start", 3, check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--ranks-per-start 3: must divide the 4 ranks", p.stderr)
+        self.assertFalse(os.path.exists(os.path.join(TMP, "bad")))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -36,20 +36,26 @@ enum { F_DONE, F_GROUP, F_STRATEGY, F_SCALE, F_ITERS, F_LOSS, F_REL, F_GRAD, F_R
 
 typedef struct {
   double best_rel, g0; /* racing: the best relative loss of earlier rounds; |g| at the start */
+  double last[5];      /* the relative losses of the last 5 iterations (a ring) */
 } race_ctx;
 
 static void race_monitor(const ar_iter_info *it, void *ctx)
 {
-  if (it->iter == 0) ((race_ctx *)ctx)->g0 = it->grad_norm;
+  race_ctx *r = ctx;
+  if (it->iter == 0) r->g0 = it->grad_norm;
 }
 
-/* Clearly headed for a worse stationary point: after 5 iterations, a relative loss 100 times
- * the best (and 1e-6 above it) with the gradient down to 1e-3 of where it started. */
+/* Clearly headed for a worse point than the best of the earlier rounds: a relative loss 100
+ * times the best (and 1e-6 above it) after 5 iterations, with the gradient down to 1e-3 of where
+ * it started (a stationary point), or after 10 iterations, with less than 10 % taken off the loss
+ * in the last 5 (a crawl towards one). */
 static int race(const ar_iter_info *it, void *ctx)
 {
-  const race_ctx *r = ctx;
-  return it->iter >= 5 && isfinite(r->best_rel) && it->rel_loss > fmax(100 * r->best_rel, r->best_rel + 1e-6) &&
-         it->grad_norm < 1e-3 * r->g0;
+  race_ctx *r = ctx;
+  const double before = r->last[it->iter % 5];
+  r->last[it->iter % 5] = it->rel_loss;
+  if (!isfinite(r->best_rel) || it->rel_loss <= fmax(100 * r->best_rel, r->best_rel + 1e-6)) return 0;
+  return (it->iter >= 5 && it->grad_norm < 1e-3 * r->g0) || (it->iter >= 10 && it->rel_loss > 0.9 * before);
 }
 
 /* A start of the current round run by this group: its final point and history. */

@@ -293,36 +293,70 @@ static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_g
   }
 }
 
-/* Forward trip around the ring: online softmax, fwd = F [A3 | A2 | R23] (or F A3). */
-static int forward_trip(ar_eval ev, int lda, double *flops)
+int ar_eval_trip(ar_trip *t)
 {
+  ar_eval ev = t->ev;
   ar_problem p = ev->p;
-  const int d = p->d, w = ev->width;
-  for (int64_t j = 0; j < p->nloc; j++) ev->rmax[j] = -INFINITY, ev->rsum[j] = 0;
-  memset(ev->fwd, 0, sizeof(double) * p->nloc * lda);
   AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
   while (ar_ring_active(ev->ring)) {
     int64_t first, rows;
     const double *block = ar_ring_block(ev->ring, &first, &rows);
     for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk) {
       const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
-      const double *kv = block + c0 * w;
-      int ldt;
-      const double *T = fwd_operand(ev, kv, cr, lda, &ldt);
+      const double *kv = block + c0 * ev->width;
+      if (t->chunk) t->chunk(t, kv, cr);
       for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-        ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
-        ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
-        for (int64_t j = 0; j < r; j++)
-          if (ev->rescale[j] != 1.0)
-            for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
-        ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, T, ldt, 1.0, ev->fwd + j0 * lda, lda, flops);
+        t->tile(t, j0, p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile, kv, cr);
         ar_ring_progress(ev->ring);
         ar_eval_tick(ev);
       }
     }
     AR_CALL(ar_ring_next(ev->ring));
   }
+  return AR_OK;
+}
+
+void ar_eval_logits(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64_t cr, int probs, double *flops)
+{
+  const int d = ev->p->d;
+  ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, cr, flops);
+  if (probs) ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
+}
+
+/* Forward trip: online softmax, fwd = F [A3 | A2 | R23] (or F A3). */
+typedef struct {
+  ar_trip t;
+  int lda, ldt;
+  const double *T; /* the chunk's right-hand side */
+} fwd_trip;
+
+static void fwd_chunk(ar_trip *t, const double *kv, int64_t cr)
+{
+  fwd_trip *f = (fwd_trip *)t;
+  f->T = fwd_operand(t->ev, kv, cr, f->lda, &f->ldt);
+}
+
+static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+{
+  fwd_trip *f = (fwd_trip *)t;
+  ar_eval ev = t->ev;
+  const int lda = f->lda;
+  ar_eval_logits(ev, j0, r, kv, cr, 0, t->flops);
+  ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
+  for (int64_t j = 0; j < r; j++)
+    if (ev->rescale[j] != 1.0)
+      for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, f->T, f->ldt, 1.0, ev->fwd + j0 * lda, lda,
+          t->flops);
+}
+
+static int forward_trip(ar_eval ev, int lda, double *flops)
+{
+  ar_problem p = ev->p;
+  for (int64_t j = 0; j < p->nloc; j++) ev->rmax[j] = -INFINITY, ev->rsum[j] = 0;
+  memset(ev->fwd, 0, sizeof(double) * p->nloc * lda);
+  fwd_trip f = {{ev, flops, fwd_chunk, fwd_tile}, lda, 0, NULL};
+  AR_CALL(ar_eval_trip(&f.t));
   for (int64_t j = 0; j < p->nloc; j++) {
     const double s = 1.0 / ev->rsum[j];
     for (int k = 0; k < lda; k++) ev->fwd[j * lda + k] *= s;
@@ -332,33 +366,33 @@ static int forward_trip(ar_eval ev, int lda, double *flops)
 }
 
 /* Backward trip: F recomputed from the saved log-sum-exp, bwd = W [A2 | R22] (or W A2). */
+typedef struct {
+  ar_trip t;
+  const double *Y, *T;
+  int ldb, ldt;
+} bwd_trip;
+
+static void bwd_chunk(ar_trip *t, const double *kv, int64_t cr)
+{
+  bwd_trip *b = (bwd_trip *)t;
+  ar_eval ev = t->ev;
+  const int d = ev->p->d, m = ev->p->m, w = ev->width;
+  b->T = bwd_operand(ev, kv, cr, b->ldb, &b->ldt);
+  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, b->Y, m, 0.0, ev->vals, m, t->flops);
+}
+
+static void bwd_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+{
+  bwd_trip *b = (bwd_trip *)t;
+  ar_eval_logits(t->ev, j0, r, kv, cr, 1, t->flops);
+  backward_tile(t->ev, j0, r, t->ev->vals, cr, b->T, b->ldt, b->ldb, 1.0, t->flops);
+}
+
 static int backward_trip(ar_eval ev, const double *Y, int ldb, double *flops)
 {
-  ar_problem p = ev->p;
-  const int d = p->d, m = p->m, w = ev->width;
-  AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
-  int first_chunk = 1;
-  while (ar_ring_active(ev->ring)) {
-    int64_t first, rows;
-    const double *block = ar_ring_block(ev->ring, &first, &rows);
-    for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk, first_chunk = 0) {
-      const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
-      const double *kv = block + c0 * w;
-      int ldt;
-      const double *T = bwd_operand(ev, kv, cr, ldb, &ldt);
-      ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, Y, m, 0.0, ev->vals, m, flops);
-      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-        ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
-        ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
-        backward_tile(ev, j0, r, ev->vals, cr, T, ldt, ldb, first_chunk ? 0.0 : 1.0, flops);
-        ar_ring_progress(ev->ring);
-        ar_eval_tick(ev);
-      }
-    }
-    AR_CALL(ar_ring_next(ev->ring));
-  }
-  return AR_OK;
+  memset(ev->bwd, 0, sizeof(double) * ev->p->nloc * ldb);
+  bwd_trip b = {{ev, flops, bwd_chunk, bwd_tile}, Y, NULL, ldb, 0};
+  return ar_eval_trip(&b.t);
 }
 
 /* Hessian parts of rows [j0, j0 + r) (fwd, bwd, C, fu, alpha already there). */

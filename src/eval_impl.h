@@ -61,6 +61,22 @@ int ar_eval_passes(ar_eval ev, const double *X, const double *Y, int lda, int ld
                    double *flops);
 /* Not collective: one unit of work done (progress). */
 void ar_eval_tick(ar_eval ev);
+
+/* One trip of the ring over the key blocks, cut into chunks and this rank's query rows into
+ * tiles: for every chunk of key rows in hand (kv: cr rows of ev->width doubles, A2 first),
+ * chunk() once, then tile() for each tile of query rows [j0, j0 + r); between tiles the ring's
+ * transfer is progressed and the work counted.  The data movement is ring.c's, the kernels the
+ * callers': a caller embeds ar_trip first in its own struct. */
+typedef struct ar_trip_s {
+  ar_eval ev;
+  double *flops;
+  void (*chunk)(struct ar_trip_s *t, const double *kv, int64_t cr); /* may be NULL */
+  void (*tile)(struct ar_trip_s *t, int64_t j0, int64_t r, const double *kv, int64_t cr);
+} ar_trip;
+int ar_eval_trip(ar_trip *t); /* collective */
+/* Not collective: the logits S = (A1 X) A2^T of rows [j0, j0 + r) against a chunk, into
+ * ev->scores (r x cr); with probs, F = exp(S - lse) from the saved log-sum-exp. */
+void ar_eval_logits(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64_t cr, int probs, double *flops);
 /* Not collective: release the Hessian-vector work arrays (hessvec.c). */
 void ar_hessvec_free(ar_eval ev);
 

@@ -80,46 +80,38 @@ static int state_at(ar_eval ev, const double *X, const double *Y, double *flops)
   return ar_eval_passes(ev, X, Y, ev->p->d, ev->p->d, 0, &loss, flops);
 }
 
-/* F and dS of rows [j0, j0 + r) against a chunk (kv rows), into scores and sdot. */
+/* F and dS of rows [j0, j0 + r) against a chunk, into scores and sdot. */
 static void tile_f_ds(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64_t cr, double *flops)
 {
-  const int d = ev->p->d, w = ev->width;
-  ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
-  ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
-  ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->hv->a1dx + j0 * d, d, kv, w, 0.0, ev->hv->sdot, cr, flops);
+  const int d = ev->p->d;
+  ar_eval_logits(ev, j0, r, kv, cr, 1, flops);
+  ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->hv->a1dx + j0 * d, d, kv, ev->width, 0.0, ev->hv->sdot, cr,
+          flops);
 }
 
 /* Trip A: dP = (F o dS) A3 - sigma p, accumulated in pdot (and sigma). */
+static void a_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+{
+  ar_eval ev = t->ev;
+  struct ar_hessvec_s *h = ev->hv;
+  const int d = ev->p->d, w = ev->width;
+  tile_f_ds(ev, j0, r, kv, cr, t->flops);
+  for (int64_t j = 0; j < r; j++) {
+    double *g = h->sdot + j * cr, s = 0;
+    const double *f = ev->scores + j * cr;
+    for (int64_t l = 0; l < cr; l++) s += (g[l] *= f[l]);
+    h->sig[j0 + j] += s;
+  }
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, d, cr, 1.0, h->sdot, cr, kv + (w == d ? 0 : d), w, 1.0, h->pdot + j0 * d, d,
+          t->flops);
+}
+
 static int trip_a(ar_eval ev, double *flops)
 {
-  ar_problem p = ev->p;
-  struct ar_hessvec_s *h = ev->hv;
-  const int d = p->d, w = ev->width, a3 = w == d ? 0 : d;
-  memset(h->pdot, 0, sizeof(double) * p->nloc * d);
-  memset(h->sig, 0, sizeof(double) * p->nloc);
-  AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
-  while (ar_ring_active(ev->ring)) {
-    int64_t first, rows;
-    const double *block = ar_ring_block(ev->ring, &first, &rows);
-    for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk) {
-      const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
-      const double *kv = block + c0 * w;
-      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-        tile_f_ds(ev, j0, r, kv, cr, flops);
-        for (int64_t j = 0; j < r; j++) {
-          double *g = h->sdot + j * cr, s = 0;
-          const double *f = ev->scores + j * cr;
-          for (int64_t l = 0; l < cr; l++) s += (g[l] *= f[l]);
-          h->sig[j0 + j] += s;
-        }
-        ar_gemm(CblasNoTrans, CblasNoTrans, r, d, cr, 1.0, h->sdot, cr, kv + a3, w, 1.0, h->pdot + j0 * d, d, flops);
-        ar_ring_progress(ev->ring);
-      }
-    }
-    AR_CALL(ar_ring_next(ev->ring));
-  }
-  return AR_OK;
+  memset(ev->hv->pdot, 0, sizeof(double) * ev->p->nloc * ev->p->d);
+  memset(ev->hv->sig, 0, sizeof(double) * ev->p->nloc);
+  ar_trip t = {ev, flops, NULL, a_tile};
+  return ar_eval_trip(&t);
 }
 
 /* After trip A: dP, dC, dfu per row. */
@@ -143,60 +135,64 @@ static void row_derivatives(ar_eval ev, const double *Y, const double *dY, int e
 }
 
 /* Trip B: dW A2 (exact) or W' A2 (Gauss-Newton), accumulated in wdot. */
+typedef struct {
+  ar_trip t;
+  const double *Y, *dY;
+  int exact;
+} b_trip;
+
+static void b_chunk(ar_trip *t, const double *kv, int64_t cr)
+{
+  b_trip *b = (b_trip *)t;
+  ar_eval ev = t->ev;
+  const int d = ev->p->d, m = ev->p->m, w = ev->width, a3 = w == d ? 0 : d;
+  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, b->Y, m, 0.0, ev->vals, m, t->flops);
+  if (b->exact) ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, b->dY, m, 0.0, ev->hv->vdot, m, t->flops);
+}
+
+static void b_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+{
+  b_trip *b = (b_trip *)t;
+  ar_eval ev = t->ev;
+  struct ar_hessvec_s *h = ev->hv;
+  const int d = ev->p->d, m = ev->p->m;
+  const double *C = ev->resid + j0 * m, *dC = h->cdot + j0 * m;
+  double *U = ev->cvt, *G = h->sdot;
+  if (b->exact) {
+    tile_f_ds(ev, j0, r, kv, cr, t->flops);
+    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, ev->vals, m, 0.0, U, cr, t->flops);
+    for (int64_t j = 0; j < r; j++) { /* G = dF o (U - fu) */
+      const double sg = h->sig[j0 + j], fu = ev->fu[j0 + j];
+      const double *f = ev->scores + j * cr, *u = U + j * cr;
+      double *g = G + j * cr;
+      for (int64_t l = 0; l < cr; l++) g[l] = f[l] * (g[l] - sg) * (u[l] - fu);
+    }
+    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, ev->vals, m, 0.0, U, cr, t->flops);
+    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, h->vdot, m, 1.0, U, cr, t->flops);
+    for (int64_t j = 0; j < r; j++) { /* G += F o (dU - dfu) */
+      const double dfu = h->fudot[j0 + j];
+      const double *f = ev->scores + j * cr, *u = U + j * cr;
+      double *g = G + j * cr;
+      for (int64_t l = 0; l < cr; l++) g[l] += f[l] * (u[l] - dfu);
+    }
+  } else {
+    ar_eval_logits(ev, j0, r, kv, cr, 1, t->flops);
+    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, ev->vals, m, 0.0, U, cr, t->flops);
+    for (int64_t j = 0; j < r; j++) { /* G = F o (dC V^T - fu') */
+      const double fu = h->fudot[j0 + j];
+      const double *f = ev->scores + j * cr, *u = U + j * cr;
+      double *g = G + j * cr;
+      for (int64_t l = 0; l < cr; l++) g[l] = f[l] * (u[l] - fu);
+    }
+  }
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, d, cr, 1.0, G, cr, kv, ev->width, 1.0, h->wdot + j0 * d, d, t->flops);
+}
+
 static int trip_b(ar_eval ev, const double *Y, const double *dY, int exact, double *flops)
 {
-  ar_problem p = ev->p;
-  struct ar_hessvec_s *h = ev->hv;
-  const int d = p->d, m = p->m, w = ev->width, a3 = w == d ? 0 : d;
-  memset(h->wdot, 0, sizeof(double) * p->nloc * d);
-  AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
-  while (ar_ring_active(ev->ring)) {
-    int64_t first, rows;
-    const double *block = ar_ring_block(ev->ring, &first, &rows);
-    for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk) {
-      const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
-      const double *kv = block + c0 * w;
-      ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, Y, m, 0.0, ev->vals, m, flops);
-      if (exact) ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, dY, m, 0.0, h->vdot, m, flops);
-      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-        const double *C = ev->resid + j0 * m, *dC = h->cdot + j0 * m;
-        double *U = ev->cvt, *G = h->sdot;
-        if (exact) {
-          tile_f_ds(ev, j0, r, kv, cr, flops);
-          ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, ev->vals, m, 0.0, U, cr, flops);
-          for (int64_t j = 0; j < r; j++) { /* G = dF o (U - fu) */
-            const double sg = h->sig[j0 + j], fu = ev->fu[j0 + j];
-            const double *f = ev->scores + j * cr, *u = U + j * cr;
-            double *g = G + j * cr;
-            for (int64_t l = 0; l < cr; l++) g[l] = f[l] * (g[l] - sg) * (u[l] - fu);
-          }
-          ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, ev->vals, m, 0.0, U, cr, flops);
-          ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, h->vdot, m, 1.0, U, cr, flops);
-          for (int64_t j = 0; j < r; j++) { /* G += F o (dU - dfu) */
-            const double dfu = h->fudot[j0 + j];
-            const double *f = ev->scores + j * cr, *u = U + j * cr;
-            double *g = G + j * cr;
-            for (int64_t l = 0; l < cr; l++) g[l] += f[l] * (u[l] - dfu);
-          }
-        } else {
-          ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
-          ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
-          ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, ev->vals, m, 0.0, U, cr, flops);
-          for (int64_t j = 0; j < r; j++) { /* G = F o (dC V^T - fu') */
-            const double fu = h->fudot[j0 + j];
-            const double *f = ev->scores + j * cr, *u = U + j * cr;
-            double *g = G + j * cr;
-            for (int64_t l = 0; l < cr; l++) g[l] = f[l] * (u[l] - fu);
-          }
-        }
-        ar_gemm(CblasNoTrans, CblasNoTrans, r, d, cr, 1.0, G, cr, kv, w, 1.0, h->wdot + j0 * d, d, flops);
-        ar_ring_progress(ev->ring);
-      }
-    }
-    AR_CALL(ar_ring_next(ev->ring));
-  }
-  return AR_OK;
+  memset(ev->hv->wdot, 0, sizeof(double) * ev->p->nloc * ev->p->d);
+  b_trip b = {{ev, flops, b_chunk, b_tile}, Y, dY, exact};
+  return ar_eval_trip(&b.t);
 }
 
 int ar_eval_hessvec(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, const double *v, double *hv,
@@ -224,6 +220,36 @@ int ar_eval_hessvec(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
   return AR_OK;
 }
 
+/* The preconditioner's trip: KF = F [A2 | A2 (x) V], the table built per chunk. */
+typedef struct {
+  ar_trip t;
+  const double *Y;
+} pre_trip;
+
+static void pre_chunk(ar_trip *t, const double *kv, int64_t cr)
+{
+  ar_eval ev = t->ev;
+  const int d = ev->p->d, m = ev->p->m, w = ev->width, ld = d + d * m;
+  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, ((pre_trip *)t)->Y, m, 0.0, ev->vals, m,
+          t->flops);
+  for (int64_t l = 0; l < cr; l++) { /* [a2_l | a2_l (x) v_l] */
+    double *row = ev->hv->tab_pre + l * ld;
+    for (int q = 0; q < d; q++) {
+      row[q] = kv[l * w + q];
+      for (int i = 0; i < m; i++) row[d + q * m + i] = kv[l * w + q] * ev->vals[l * m + i];
+    }
+  }
+}
+
+static void pre_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+{
+  ar_eval ev = t->ev;
+  const int ld = ev->p->d + ev->p->d * ev->p->m;
+  ar_eval_logits(ev, j0, r, kv, cr, 1, t->flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, ld, cr, 1.0, ev->scores, cr, ev->hv->tab_pre, ld, 1.0, ev->hv->kf + j0 * ld,
+          ld, t->flops);
+}
+
 /* The Kronecker model of the X block, H_xx = sum_j (a1_j a1_j^T) (x) N_j ~ G1 (x) Nbar with
  * G1 = A1^T A1 and Nbar = (1/n) sum_j 2 M_j M_j^T (the Gauss-Newton N_j), and P^T P for the Y
  * block.  M_j = A2^T diag(f_j) V - beta_j (P Y)_j^T comes from one trip: F [A2 | A2 (x) V]. */
@@ -231,37 +257,13 @@ int ar_eval_precond(ar_eval ev, const double *X, const double *Y, double *G1, do
                     double *flops)
 {
   ar_problem p = ev->p;
-  const int d = p->d, m = p->m, w = ev->width, a3 = w == d ? 0 : d, ld = d + d * m;
+  const int d = p->d, m = p->m, ld = d + d * m;
   AR_CALL(ar_error_agree(p->comm, hessvec_alloc(ev)));
   AR_CALL(state_at(ev, X, Y, flops));
   struct ar_hessvec_s *h = ev->hv;
   memset(h->kf, 0, sizeof(double) * p->nloc * ld);
-  AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
-  while (ar_ring_active(ev->ring)) {
-    int64_t first, rows;
-    const double *block = ar_ring_block(ev->ring, &first, &rows);
-    for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk) {
-      const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
-      const double *kv = block + c0 * w;
-      ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, Y, m, 0.0, ev->vals, m, flops);
-      for (int64_t l = 0; l < cr; l++) { /* [a2_l | a2_l (x) v_l] */
-        double *t = h->tab_pre + l * ld;
-        for (int q = 0; q < d; q++) {
-          t[q] = kv[l * w + q];
-          for (int i = 0; i < m; i++) t[d + q * m + i] = kv[l * w + q] * ev->vals[l * m + i];
-        }
-      }
-      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-        ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, w, 0.0, ev->scores, cr, flops);
-        ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
-        ar_gemm(CblasNoTrans, CblasNoTrans, r, ld, cr, 1.0, ev->scores, cr, h->tab_pre, ld, 1.0, h->kf + j0 * ld, ld,
-                flops);
-        ar_ring_progress(ev->ring);
-      }
-    }
-    AR_CALL(ar_ring_next(ev->ring));
-  }
+  pre_trip pt = {{ev, flops, pre_chunk, pre_tile}, Y};
+  AR_CALL(ar_eval_trip(&pt.t));
   /* M_j = KF_j - beta_j (x) (P Y)_j with (P Y)_j = c_j + b_j; Nbar += 2 M_j M_j^T */
   double *sums = calloc((size_t)3 * d * d, sizeof(double)), *Mj = malloc(sizeof(double) * d * m);
   AR_CHECK(sums && Mj, AR_ERR_MEM, "out of memory (preconditioner)");

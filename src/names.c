@@ -22,42 +22,18 @@ int ar_reason_converged(ar_reason r)
   return 0;
 }
 
-const char *ar_hessian_name(int kind)
-{
-  switch (kind) {
-#define AR_HESS_CASE(name, value, text) case name: return text;
-    AR_HESSIAN_MAP(AR_HESS_CASE)
-#undef AR_HESS_CASE
+/* The enums whose list gives X(name, value, text): one function each. */
+#define AR_VALUE_NAME(name, value, text) \
+  case name:                             \
+    return text;
+#define AR_NAME_FUNCTION(fn, MAP)        \
+  const char *fn(int v)                  \
+  {                                      \
+    switch (v) { MAP(AR_VALUE_NAME) }    \
+    return NULL;                         \
   }
-  return NULL;
-}
 
-const char *ar_method_name(int method)
-{
-  switch (method) {
-#define AR_METHOD_CASE(name, value, text) case name: return text;
-    AR_METHOD_MAP(AR_METHOD_CASE)
-#undef AR_METHOD_CASE
-  }
-  return NULL;
-}
-
-const char *ar_linear_solver_name(int ls)
-{
-  switch (ls) {
-#define AR_LINSOLVE_CASE(name, value, text) case name: return text;
-    AR_LINSOLVE_MAP(AR_LINSOLVE_CASE)
-#undef AR_LINSOLVE_CASE
-  }
-  return NULL;
-}
-
-const char *ar_shift_name(int kind)
-{
-  switch (kind) {
-#define AR_SHIFT_CASE(name, value, text) case name: return text;
-    AR_SHIFT_MAP(AR_SHIFT_CASE)
-#undef AR_SHIFT_CASE
-  }
-  return NULL;
-}
+AR_NAME_FUNCTION(ar_hessian_name, AR_HESSIAN_MAP)
+AR_NAME_FUNCTION(ar_method_name, AR_METHOD_MAP)
+AR_NAME_FUNCTION(ar_linear_solver_name, AR_LINSOLVE_MAP)
+AR_NAME_FUNCTION(ar_shift_name, AR_SHIFT_MAP)

@@ -117,53 +117,48 @@ void ar_whitening_destroy(ar_whitening *pw)
   *pw = NULL;
 }
 
-/* X~ = R1 X R2^T, Y~ = R3 Y (X, Y row-major; in place allowed: a copy is made). */
-int ar_whiten_point(ar_whitening w, const double *X, const double *Y, double *Xt, double *Yt)
+/* The three maps of the change of variables, one triangular product per factor:
+ *   WHITEN     X~ = R1 X R2^T,            Y~ = R3 Y
+ *   UNWHITEN   X = R1^{-1} X~ R2^{-T},    Y = R3^{-1} Y~
+ *   GRADIENT   g_X = R1^T g_X~ R2,        g_Y = R3^T g_Y~   (the chain rule)
+ * Inputs and outputs row-major; in place allowed (a copy is made). */
+enum { WHITEN, UNWHITEN, GRADIENT };
+
+static void tri(int op, CBLAS_SIDE side, int transposed, const double *R, double *B, int rows, int cols)
 {
-  const int d = w->d, m = w->m;
+  const CBLAS_TRANSPOSE t = transposed ? CblasTrans : CblasNoTrans;
+  const int ld = side == CblasLeft ? rows : cols;
+  if (op == UNWHITEN) cblas_dtrsm(CblasRowMajor, side, CblasUpper, t, CblasNonUnit, rows, cols, 1.0, R, ld, B, cols);
+  else cblas_dtrmm(CblasRowMajor, side, CblasUpper, t, CblasNonUnit, rows, cols, 1.0, R, ld, B, cols);
+}
+
+static int apply(ar_whitening w, int op, const double *X, const double *Y, double *Xo, double *Yo)
+{
+  const int d = w->d, m = w->m, g = op == GRADIENT;
   double *T;
   AR_MALLOC(T, d * (d > m ? d : m));
   memcpy(T, X, sizeof(double) * d * d);
-  cblas_dtrmm(CblasRowMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, d, d, 1.0, w->R[0], d, T, d);
-  cblas_dtrmm(CblasRowMajor, CblasRight, CblasUpper, CblasTrans, CblasNonUnit, d, d, 1.0, w->R[1], d, T, d);
-  memcpy(Xt, T, sizeof(double) * d * d);
+  tri(op, CblasLeft, g, w->R[0], T, d, d);   /* R1 ., R1^{-1} ., R1^T . */
+  tri(op, CblasRight, !g, w->R[1], T, d, d); /* . R2^T, . R2^{-T}, . R2 */
+  memcpy(Xo, T, sizeof(double) * d * d);
   memcpy(T, Y, sizeof(double) * d * m);
-  cblas_dtrmm(CblasRowMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, d, m, 1.0, w->R[2], d, T, m);
-  memcpy(Yt, T, sizeof(double) * d * m);
+  tri(op, CblasLeft, g, w->R[2], T, d, m);   /* R3 ., R3^{-1} ., R3^T . */
+  memcpy(Yo, T, sizeof(double) * d * m);
   free(T);
   return AR_OK;
 }
 
-/* X = R1^{-1} X~ R2^{-T}, Y = R3^{-1} Y~. */
+int ar_whiten_point(ar_whitening w, const double *X, const double *Y, double *Xt, double *Yt)
+{
+  return apply(w, WHITEN, X, Y, Xt, Yt);
+}
+
 int ar_unwhiten_point(ar_whitening w, const double *Xt, const double *Yt, double *X, double *Y)
 {
-  const int d = w->d, m = w->m;
-  double *T;
-  AR_MALLOC(T, d * (d > m ? d : m));
-  memcpy(T, Xt, sizeof(double) * d * d);
-  cblas_dtrsm(CblasRowMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, d, d, 1.0, w->R[0], d, T, d);
-  cblas_dtrsm(CblasRowMajor, CblasRight, CblasUpper, CblasTrans, CblasNonUnit, d, d, 1.0, w->R[1], d, T, d);
-  memcpy(X, T, sizeof(double) * d * d);
-  memcpy(T, Yt, sizeof(double) * d * m);
-  cblas_dtrsm(CblasRowMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, d, m, 1.0, w->R[2], d, T, m);
-  memcpy(Y, T, sizeof(double) * d * m);
-  free(T);
-  return AR_OK;
+  return apply(w, UNWHITEN, Xt, Yt, X, Y);
 }
 
-/* grad_X = R1^T grad_X~ R2, grad_Y = R3^T grad_Y~ (the chain rule through the change of variables). */
 int ar_unwhiten_gradient(ar_whitening w, const double *gXt, const double *gYt, double *gX, double *gY)
 {
-  const int d = w->d, m = w->m;
-  double *T;
-  AR_MALLOC(T, d * (d > m ? d : m));
-  memcpy(T, gXt, sizeof(double) * d * d);
-  cblas_dtrmm(CblasRowMajor, CblasLeft, CblasUpper, CblasTrans, CblasNonUnit, d, d, 1.0, w->R[0], d, T, d);
-  cblas_dtrmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, d, d, 1.0, w->R[1], d, T, d);
-  memcpy(gX, T, sizeof(double) * d * d);
-  memcpy(T, gYt, sizeof(double) * d * m);
-  cblas_dtrmm(CblasRowMajor, CblasLeft, CblasUpper, CblasTrans, CblasNonUnit, d, m, 1.0, w->R[2], d, T, m);
-  memcpy(gY, T, sizeof(double) * d * m);
-  free(T);
-  return AR_OK;
+  return apply(w, GRADIENT, gXt, gYt, gX, gY);
 }

@@ -179,8 +179,12 @@ void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *sou
             p->flops_total * 1e-9);
   fprintf(f, "  per rank %.3f GFLOP\n", p->flops_total / p->ranks * 1e-9);
   fprintf(f, "communication per rank per Newton iteration (estimate, MB):\n");
-  fprintf(f, "  ring %.3f, allreduce %.3f, Hessian reduce-scatter + transpose %.3f, Cholesky %.3f, total %.3f\n",
-          mb(p->comm_ring), mb(p->comm_allreduce), mb(p->comm_hessian), mb(p->comm_cholesky), mb(p->comm_total));
+  if (p->linear_solver == AR_LINSOLVE_CG)
+    fprintf(f, "  ring %.3f, allreduce %.3f, Hessian-vector allreduces %.3f, total %.3f\n", mb(p->comm_ring),
+            mb(p->comm_allreduce), mb(p->comm_hessian), mb(p->comm_total));
+  else
+    fprintf(f, "  ring %.3f, allreduce %.3f, Hessian reduce-scatter %.3f, Cholesky %.3f, total %.3f\n", mb(p->comm_ring),
+            mb(p->comm_allreduce), mb(p->comm_hessian), mb(p->comm_cholesky), mb(p->comm_total));
 }
 
 void ar_cli_phase_json(MPI_Comm comm, FILE *f, const char *name, double t, int last)

@@ -156,13 +156,13 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   p->flops_total = p->flops_loss_grad + p->flops_hessian + p->flops_trial + p->flops_cholesky;
   /* Per rank and iteration: three trips of the ring (the trial's forward pass, the forward and
    * backward passes at the new point), each passing on (P-1) blocks of 2d doubles a row; two
-   * small allreduces (tree: ~2 log2 P messages); the Hessian reduce-scatter (each rank sends
-   * (P-1)/P of D^2) and the symmetrising transpose; the Cholesky panel broadcasts (~D^2/2
+   * small allreduces (tree: ~2 log2 P messages); the Hessian reduce-scatter of its lower
+   * triangle (each rank sends (P-1)/P of D^2/2); the Cholesky panel broadcasts (~D^2/2
    * over the grid rows and columns).  Estimates, not measurements. */
   const double lg = ranks > 1 ? ceil(log2(ranks)) : 0, B = 8.0;
   p->comm_ring = ranks > 1 ? 3.0 * (ranks - 1) * (double)p->rows_per_rank * 2 * d * B : 0;
   p->comm_allreduce = B * 2 * lg * (2.0 + 2.0 * d * d + d * m);
-  p->comm_hessian = ranks > 1 ? B * (double)D * D * (ranks - 1) / ranks + (ranks > 2 ? B * max_local(D, nb, pr) * max_local(D, nb, pc) : 0) : 0;
+  p->comm_hessian = ranks > 1 ? B * 0.5 * (double)D * D * (ranks - 1) / ranks : 0; /* the lower triangle */
   p->comm_cholesky = ranks > 1 ? B * 0.5 * (double)D * D * (1.0 / pr + 1.0 / pc) + B * D * lg : 0;
   if (ls == AR_LINSOLVE_CG) { /* two trips and an allreduce of D per product, one trip for the preconditioner */
     p->comm_ring += ranks > 1 ? (2.0 * p->cg_iters + 1) * (ranks - 1) * (double)p->rows_per_rank * 2 * d * B : 0;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "cli.h"
 #include "error.h"
 
@@ -105,6 +106,9 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
   char source[128];
   AR_CALL(ar_cli_memory_budget(comm, mem, &budget, source, sizeof source));
   MPI_Comm_rank(comm, &rank);
-  if (rank == 0) ar_cli_print_plan(stdout, &p, budget, source);
+  if (rank == 0) {
+    ar_cli_print_plan(stdout, &p, budget, source);
+    ar_blas_print(stdout, "this process: ");
+  }
   return AR_OK;
 }

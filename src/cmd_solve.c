@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "checkpoint.h"
 #include "cli.h"
 #include "error.h"
@@ -153,6 +154,7 @@ static int write_summary(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid gr
     fprintf(f, "{\n  \"n\": %lld,\n  \"d\": %d,\n  \"m\": %d,\n  \"ranks\": %d,\n  \"grid\": \"%dx%d\",\n", (long long)n,
             d, m, size, pr, pc);
     fprintf(f, "  \"nb\": %d,\n  \"tile\": %lld,\n", nb, (long long)tile);
+    ar_blas_json(f, "  ");
     fprintf(f, "  \"iterations\": %d,\n  \"loss\": %.17g,\n  \"rel_loss\": %.17g,\n  \"grad_norm\": %.17g,\n",
             r->iterations, r->loss, r->rel_loss, r->grad_norm);
     fprintf(f, "  \"reason\": \"%s\",\n  \"converged\": %s,\n  \"wall_seconds\": %.6f,\n", ar_reason_name(r->reason),
@@ -260,6 +262,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
       printf("attnreg %s solve: n=%lld d=%d m=%d D=%d ranks=%d grid=%dx%d tile=%lld\n", ATTNREG_VERSION, (long long)n,
              d, m, d * d + d * m, size, pr, pc, (long long)ar_eval_tile(ev));
       ar_options_print_config(stdout, "  ", opts, nopts);
+      ar_blas_print(stdout, "  ");
     }
     ar_solver_options so;
     ar_solver_options_default(&so);

@@ -136,6 +136,7 @@ static double cholesky_error(int n, unsigned seed)
   memcpy(l, a, sizeof(double) * n * n);
   int info = 0;
   dpotrf_("L", &n, l, &n, &info); /* column-major lower triangle: l[i + j n], i >= j */
+  if (ar_fault("blas-check-cholesky")) l[(n - 1) + n / 2 * n] *= 1 + 1e-9; /* test hook (fault.h): a wrong L */
   if (info != 0) {
     free(m), free(a), free(l);
     return INFINITY;

@@ -98,7 +98,10 @@ def main():
     dg = dict(kv.split("=") for kv in dg.split()[1:])  # dgemm n=2048 core=X threads=1 gflops=Y
     blas_note = "OpenBLAS core %s, DGEMM %s GFLOP/s" % (dg["core"], dg["gflops"])
     if args.best_dgemm:
+        # Load only lowers a measured rate: the best estimate of the machine's is the highest seen.
         best_core, best_rate = args.best_dgemm.split(":")
+        if float(dg["gflops"]) > float(best_rate):
+            best_core, best_rate = dg["core"], dg["gflops"]
         blas_note += "; best DGEMM here %s GFLOP/s (%s)" % (best_rate, best_core)
 
     tmp = tempfile.mkdtemp(prefix="attnreg-bench-")

@@ -138,7 +138,9 @@ int main(int argc, char **argv)
     ar_blas_info_get(&bi);
     const double gflops = model / best * 1e-9, frac = 100 * gflops / (rate * size);
     const char *best_core = getenv("AR_BEST_CORE");
-    const double best_rate = getenv("AR_BEST_DGEMM") ? atof(getenv("AR_BEST_DGEMM")) : 0;
+    /* Load only lowers a measured rate: the best estimate of the machine's is the highest seen. */
+    double best_rate = getenv("AR_BEST_DGEMM") ? atof(getenv("AR_BEST_DGEMM")) : 0;
+    if (best_rate > 0 && rate > best_rate) best_rate = rate, best_core = bi.core;
     printf("bench_eval n=%lld d=%d m=%d ranks=%d hessian=%s tile=%lld reps=%d\n", (long long)n, d, m, size, hs,
            (long long)ar_eval_tile(ev), reps);
     printf("  wall time (best)       %10.4f s   (rank 0: kernel %.4f, hessian %.4f, reduction %.4f)\n", best, bk, bh,
@@ -149,7 +151,8 @@ int main(int argc, char **argv)
            bi.core, bi.threads, bi.threads == 1 ? "" : "s");
     printf("  fraction of DGEMM      %10.1f %%   (achieved / (ranks x DGEMM), both on core %s)\n", frac, bi.core);
     if (best_rate > 0) {
-      printf("  best DGEMM here        %10.2f GFLOP/s per rank (core %s, the fastest core this CPU runs)\n", best_rate,
+      printf("  best DGEMM here        %10.2f GFLOP/s per rank (core %s: the fastest core this CPU runs, at the\n"
+             "                                          highest rate measured in this run)\n", best_rate,
              best_core ? best_core : "?");
       printf("  fraction of best DGEMM %10.1f %%   (achieved / (ranks x best DGEMM))\n",
              100 * gflops / (best_rate * size));

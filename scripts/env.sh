@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts: MPI settings for running as root and oversubscribed on small machines,
 # and the OpenBLAS kernels for this CPU.
 if [ "$(id -u)" -eq 0 ]; then

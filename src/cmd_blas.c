@@ -49,9 +49,14 @@ static int run_self(const char *coretype, char *const args[], char *out, size_t 
   posix_spawn_file_actions_destroy(&fa);
   free(env);
   close(fd[1]);
+  /* Read to the end (beyond cap, into a scratch buffer): a child blocked on a full pipe would
+   * never exit. */
   size_t len = 0;
   ssize_t r;
-  while ((r = read(fd[0], out + len, cap - 1 - len)) > 0 || (r < 0 && errno == EINTR)) len += r > 0 ? r : 0;
+  char scratch[512];
+  while ((r = len < cap - 1 ? read(fd[0], out + len, cap - 1 - len) : read(fd[0], scratch, sizeof scratch)) > 0 ||
+         (r < 0 && errno == EINTR))
+    if (r > 0 && len < cap - 1) len += (size_t)r;
   out[len] = '\0';
   close(fd[0]);
   if (err) return AR_ERROR(AR_ERR_INTERNAL, "cannot start /proc/self/exe: %s", strerror(err));

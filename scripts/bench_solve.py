@@ -11,8 +11,15 @@ PyTorch runs in a child process twice: as installed, and with glibc's malloc tol
 memory (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_).  As installed, every evaluation maps its
 n x n temporaries afresh and pays the page faults, which on some virtual machines cost more than
 the arithmetic; the second run removes that, so the ratio against it is the algorithmic one.
-Each configuration is run --reps times and the median is reported."""
+Each configuration is run --reps times and the median is reported.
+
+Both use the same OpenBLAS (PyTorch's Debian build links it too), so both run the core it picks
+(OPENBLAS_CORETYPE, or its own detection).  Every ratio line names that core and its DGEMM rate
+(2048^3, 1 thread, measured by attnreg blas --dgemm in this run), and, with --best-dgemm, the best
+rate of any core this CPU runs (scripts/bench-solve measures it), so that a ratio between two
+programs on slow generic kernels is not mistaken for one on the machine's real speed."""
 import argparse
+import ctypes
 import csv
 import json
 import os
@@ -39,11 +46,13 @@ def torch_child(data, threads, limit):
     X = X0.clone().contiguous().requires_grad_(True)
     Y = Y0.clone().contiguous().requires_grad_(True)
     bn = float((B * B).sum())
+    blas = ctypes.CDLL("libopenblas.so.0")  # the instance PyTorch loaded
+    blas.openblas_get_corename.restype = ctypes.c_char_p
     opt = torch.optim.LBFGS([X, Y], lr=1, max_iter=100000, max_eval=200000, history_size=20,
                             line_search_fn="strong_wolfe", tolerance_grad=0, tolerance_change=0)
     # The closure records when a loss at or below each target is first seen (a point PyTorch
     # has found); one optimizer.step runs all iterations, so no evaluation is repeated.
-    res = {"evals": 0}
+    res = {"evals": 0, "core": blas.openblas_get_corename().decode()}
 
     class Done(Exception):
         pass
@@ -78,10 +87,22 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="PyTorch threads = attnreg ranks (1 thread each)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--torch-limit", type=float, default=300.0, help="seconds before PyTorch is stopped")
+    ap.add_argument("--best-dgemm", metavar="CORE:GFLOPS",
+                    help="the best DGEMM rate of any core this CPU runs (attnreg blas --dgemm --all-cores)")
     ap.add_argument("--torch-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_child:
         return torch_child(args.torch_child, args.threads, args.torch_limit)
+
+    dg = subprocess.run([args.attnreg, "blas", "--dgemm"], check=True, capture_output=True, text=True).stdout
+    dg = dict(kv.split("=") for kv in dg.split()[1:])  # dgemm n=2048 core=X threads=1 gflops=Y
+    blas_note = "OpenBLAS core %s, DGEMM %s GFLOP/s" % (dg["core"], dg["gflops"])
+    if args.best_dgemm:
+        # Load only lowers a measured rate: the best estimate of the machine's is the highest seen.
+        best_core, best_rate = args.best_dgemm.split(":")
+        if float(dg["gflops"]) > float(best_rate):
+            best_core, best_rate = dg["core"], dg["gflops"]
+        blas_note += "; best DGEMM here %s GFLOP/s (%s)" % (best_rate, best_core)
 
     tmp = tempfile.mkdtemp(prefix="attnreg-bench-")
     data = os.path.join(tmp, "data")
@@ -111,7 +132,7 @@ def main():
                             "--torch-limit", str(args.torch_limit)], env=env, check=True, capture_output=True,
                            text=True)
         r = json.loads(p.stdout.strip().splitlines()[-1])
-        return r["evals"], {t: r.get(str(t), float("nan")) for t in TARGETS}
+        return r["evals"], {t: r.get(str(t), float("nan")) for t in TARGETS}, r["core"]
 
     median = lambda xs: statistics.median(xs)  # noqa: E731
     runs = {"default (--hessian auto)": [], "--hessian exact": ["--hessian", "exact"],
@@ -128,18 +149,19 @@ def main():
     theirs = {}
     for name, env in torch_cfgs.items():
         reps = [torch_run(env) for _ in range(args.reps)]
-        theirs[name] = (reps[0][0], {t: median([r[1][t] for r in reps]) for t in TARGETS})
+        theirs[name] = (reps[0][0], {t: median([r[1][t] for r in reps]) for t in TARGETS}, reps[0][2])
 
     print("bench-solve: planted n=%d d=%d m=%d, start X_true + 0.3 N(0,1), %d thread(s) each, median of %d runs"
           % (args.n, args.d, args.d, args.threads, args.reps))
-    for name, (evals, hits) in theirs.items():
+    print("  BLAS: %s (1 thread, 2048^3)" % blas_note)
+    for name, (evals, hits, core) in theirs.items():
         print("  PyTorch L-BFGS (strong Wolfe, history 20), %s: %d loss+gradient evaluations; to 1e-8 %.3f s, "
-              "to 1e-10 %.3f s" % (name, evals, hits[1e-8], hits[1e-10]))
+              "to 1e-10 %.3f s (OpenBLAS core %s)" % (name, evals, hits[1e-8], hits[1e-10], core))
     for name, (its, final, wall, hits) in ours.items():
         print("  attnreg solve %s: %d iterations, final rel_loss %.3g, whole process %.3f s" % (name, its, final, wall))
         for t in TARGETS:
             ratios = ", ".join("%.1fx vs PyTorch %s" % (th[1][t] / hits[t], tn) for tn, th in theirs.items())
-            print("    to rel_loss %.0e: %.3f s -> %s" % (t, hits[t], ratios))
+            print("    to rel_loss %.0e: %.3f s -> %s  [%s]" % (t, hits[t], ratios, blas_note))
 
 
 if __name__ == "__main__":

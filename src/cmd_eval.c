@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "blas.h"
 #include "cli.h"
 #include "commands.h"
 #include "error.h"
@@ -33,6 +34,7 @@ static int write_eval_json(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid 
           m, size, pr, pc);
   fprintf(f, "  \"nb\": %d,\n  \"tile\": %lld,\n  \"chunk\": %lld,\n", H ? ar_dmat_nb(H) : 0, (long long)tile,
           (long long)chunk);
+  ar_blas_json(f, "  ");
   fprintf(f, "  \"flops\": %.6g,\n  \"gflops\": %.6g,\n  \"peak_rss_mb_max\": %.1f,\n", flops,
           comp > 0 ? flops / comp * 1e-9 : 0.0, rss);
   fprintf(f, "  \"timings\": {\n");
@@ -66,6 +68,7 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
   AR_CALL(ar_eval_options_check(&c.eval));
   int rank;
   MPI_Comm_rank(comm, &rank);
+  if (rank == 0 && !c.quiet) ar_blas_print(stdout, "attnreg eval: ");
   double t[6] = {0}, t0 = ar_wtime();
   ar_problem prob = NULL;
   ar_grid grid = NULL;

@@ -2,6 +2,7 @@
  * without running; solve applies the same memory check before it allocates anything. */
 #include <stdio.h>
 
+#include "blas.h"
 #include "cli.h"
 #include "commands.h"
 #include "error.h"
@@ -41,6 +42,9 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
   AR_CALL(ar_plan_compute(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
                           c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, ls, &p));
   MPI_Comm_rank(comm, &rank);
-  if (rank == 0) ar_cli_print_plan(stdout, &p, budget, source);
+  if (rank == 0) {
+    ar_cli_print_plan(stdout, &p, budget, source);
+    ar_blas_print(stdout, "this process: ");
+  }
   return AR_OK;
 }

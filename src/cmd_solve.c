@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "checkpoint.h"
 #include "cli.h"
 #include "commands.h"
@@ -218,6 +219,7 @@ static int write_summary(MPI_Comm comm, solve_run *u, const ar_option *opts, int
             (long long)u->n, u->d, u->m, size, pr, pc);
     fprintf(f, "  \"nb\": %d,\n  \"tile\": %lld,\n  \"chunk\": %lld,\n", r->nb, (long long)ar_eval_tile(u->ev),
             (long long)ar_eval_chunk(u->ev));
+    ar_blas_json(f, "  ");
     fprintf(f, "  \"iterations\": %d,\n  \"loss\": %.17g,\n  \"rel_loss\": %.17g,\n  \"grad_norm\": %.17g,\n",
             r->iterations, r->loss, r->rel_loss, r->grad_norm);
     fprintf(f, "  \"reason\": \"%s\",\n  \"converged\": %s,\n  \"wall_seconds\": %.6f,\n", ar_reason_name(r->reason),
@@ -314,6 +316,7 @@ static int run(MPI_Comm comm, solve_cfg *s, solve_run *u, const ar_option *opts,
     printf("attnreg %s solve: n=%lld d=%d m=%d D=%d ranks=%d grid=%dx%d tile=%lld\n", ATTNREG_VERSION,
            (long long)u->n, u->d, u->m, u->d * u->d + u->d * u->m, size, pr, pc, (long long)ar_eval_tile(u->ev));
     ar_options_print_config(stdout, "  ", opts, nopts);
+    ar_blas_print(stdout, "  ");
     if (s->restart) printf("restarting from %s at iteration %d\n", s->restart, u->ck.st.iter);
   }
   ckpt_ctx cctx = {comm, s, u->prob};

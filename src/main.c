@@ -17,6 +17,7 @@ static const char *usage =
     "  eval      loss, gradient and (optionally) the joint Hessian at given X, Y\n"
     "  generate  write a planted problem (A, B, X_true, Y_true, X0) to a directory\n"
     "  plan      memory per rank, flops and communication per iteration, without running\n"
+    "  blas      which BLAS kernels run here, a self-check, the OPENBLAS_CORETYPE that fits (no MPI)\n"
     "\n"
     "attnreg COMMAND --help lists a command's options.  attnreg --version prints the version.\n"
     "Exit status: 0 ok, 2 usage, 3 bad input data, 4 I/O, 5 runtime/MPI/library, 6 numerical\n"
@@ -24,6 +25,7 @@ static const char *usage =
 
 int main(int argc, char **argv)
 {
+  if (argc > 1 && !strcmp(argv[1], "blas")) return ar_cmd_blas(argc, argv); /* node-local, without MPI */
   if (argc > 1 && !strcmp(argv[1], "solve")) ar_cmd_solve_signals();
   MPI_Init(&argc, &argv);
   MPI_Comm comm = MPI_COMM_WORLD;

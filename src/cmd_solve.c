@@ -9,6 +9,7 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "error.h"
+#include "fault.h"
 #include "npy.h"
 #include "output.h"
 #include "timing.h"
@@ -236,6 +237,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
   int err = ar_grid_create(comm, s.c.grid[0], s.c.grid[1], &grid);
   if (!err) err = ar_cli_check_memory(comm, &s.c, s.mem_per_rank);
   if (!err) err = ar_cli_load_problem(comm, &s.c, &prob);
+  if (ar_fault("signal-startup")) raise(SIGUSR1); /* test hook (fault.h): a signal while the job starts */
   if (!err) {
     ar_problem_sizes(prob, &n, &d, &m);
     X = calloc(d * d, sizeof(double)), Y = calloc(d * m, sizeof(double));

@@ -57,7 +57,9 @@ class Eval(unittest.TestCase):
             d = os.path.join(REF, case)
             with open(os.path.join(d, "meta.json")) as f:
                 meta = json.load(f)
-            for np_, extra in [(1, []), (3, ["--grid", "3x1", "--nb", "4"]), (4, ["--nb", "3"])]:
+            for np_, extra, grid, nb, tile in [(1, [], "1x1", None, None),
+                                               (3, ["--grid", "3x1", "--nb", "4"], "3x1", 4, None),
+                                               (4, ["--nb", "3", "--tile", "1"], "2x2", 3, 1)]:
                 out = os.path.join(TMP, "eval-%s-%d" % (case, np_))
                 run(np_, "eval", "--a1", d + "/A1.npy", "--a2", d + "/A2.npy", "--a3", d + "/A3.npy", "--b",
                     d + "/B.npy", "--x", d + "/X.npy", "--y", d + "/Y.npy", "--hessian", "exact", "--out", out,
@@ -71,6 +73,11 @@ class Eval(unittest.TestCase):
                     self.assertLessEqual(np.abs(got - ref).max(), 1e-11 * np.abs(ref).max(), (case, np_, f))
                 self.assertEqual(e["ranks"], np_)
                 self.assertEqual(e["n"], meta["n"])
+                self.assertEqual(e["grid"], grid)  # the options took effect
+                if nb:
+                    self.assertEqual(e["nb"], nb)
+                if tile:
+                    self.assertEqual(e["tile"], tile)
 
     def test_gauss_newton_at_zero_residual(self):
         """At a zero-residual point Gauss-Newton and exact Hessians coincide; elsewhere they differ."""

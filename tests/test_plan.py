@@ -30,7 +30,7 @@ def plan(n, d, m, ranks, *extra):
 
 class Plan(unittest.TestCase):
     def check_memory(self, data, n, d, m, ranks):
-        out = os.path.join(data, "r%d" % ranks)
+        out = os.path.join(TMP, "mem-%d-%d-%d-r%d" % (n, d, m, ranks))
         run(ranks, "solve", "--data", data, "--x0", data + "/X.npy" if n < 100 else data + "/X0.npy", "--max-iter", 1,
             "--hessian", "exact", "--out", out, "--quiet")  # the plan counts what the exact Hessian needs
         measured = summary(out + "/summary.json")["peak_rss_mb"]["max"]

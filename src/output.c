@@ -147,7 +147,7 @@ static int prepare(const char *option, ar_out *o)
     err = AR_ERROR(AR_ERR_IO, "%s %s: cannot create: %s", option, o->dir, strerror(EACCES));
   if (!err) {
     if (sibling) snprintf(o->stage, sizeof o->stage, "%.3500s/.%.200s.attnreg-XXXXXX", parent, base);
-    else snprintf(o->stage, sizeof o->stage, "%s/.attnreg-XXXXXX", o->target);
+    else snprintf(o->stage, sizeof o->stage, "%.3500s/.attnreg-XXXXXX", o->target);
     if (!mkdtemp(o->stage)) {
       err = AR_ERROR(AR_ERR_IO, "%s %s: cannot create the staging directory %s: %s", option, o->dir, o->stage,
                      strerror(errno));

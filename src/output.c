@@ -137,7 +137,7 @@ static int prepare(const char *option, ar_out *o)
     snprintf(resolved + n, sizeof resolved - n, "%s%s", resolved[n - 1] == '/' ? "" : "/", base);
   }
   AR_CHECK(strlen(resolved) <= 3500, AR_ERR_USAGE, "%s %s: path too long", option, o->dir);
-  snprintf(o->target, sizeof o->target, "%s", resolved);
+  snprintf(o->target, sizeof o->target, "%.3500s", resolved);
   split(o->target, parent, sizeof parent, &base);
   /* the staging directory goes next to OUT when it can be renamed there, else inside OUT */
   int sibling = *base && access(*parent ? parent : "/", W_OK | X_OK) == 0 && !ar_fault("out-inside");

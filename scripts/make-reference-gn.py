@@ -23,7 +23,7 @@ def main():
         d = os.path.join(ref, case)
         A1, A2, A3, B, X, Y = (torch.from_numpy(np.load(os.path.join(d, f + ".npy")))
                                for f in ("A1", "A2", "A3", "B", "X", "Y"))
-        dd, dm = X.numel(), Y.numel()
+        dd = X.numel()
 
         def residual(z):
             Xz, Yz = z[:dd].reshape(X.shape), z[dd:].reshape(Y.shape)

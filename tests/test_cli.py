@@ -162,7 +162,7 @@ class Errors(unittest.TestCase):
         shutil.rmtree(bad_shape, ignore_errors=True)
         shutil.copytree(ref, bad_shape)
         np.save(bad_shape + "/B.npy", np.zeros((4, 2)))
-        for np_ in (1, 3):
+        for np_ in (0, 3):  # 0: one rank, without mpirun (arutil.run)
             self.expect(np_, 3, "no such directory", "eval", "--data", TMP + "/missing", *good)
             self.expect(np_, 2, "--grid 2x2", "eval", "--data", ref, "--grid", "2x2", *good)
             self.expect(np_, 2, "unknown option '--bogus'", "eval", "--data", ref, "--bogus", *good)

@@ -130,7 +130,7 @@ class BadInput(unittest.TestCase):
             f.write('{"earlier": "result"}\n')
         before = state(out)
         for name, args, code, msg in cases:
-            for np_ in (1, 3):
+            for np_ in (0, 3):  # 0: one rank, without mpirun (arutil.run)
                 with self.subTest(case=name, ranks=np_):
                     full = ["solve"] + args
                     if "--out" not in args:
@@ -342,7 +342,7 @@ class Checkpoint(unittest.TestCase):
             (["--data", REF + "/tiny", "--restart", ck], 3, "written for n=1536 d=12 m=6"),
         ]
         for i, (args, code, msg) in enumerate(cases):
-            np_ = (1, 3)[i % 2]  # the check runs on every rank: both counts are exercised across the cases
+            np_ = (0, 3)[i % 2]  # every rank checks: one rank (no mpirun, arutil.run) and three, alternately
             with self.subTest(args=args, ranks=np_):
                 p = run(np_, "solve", *args, check=False, timeout=HANG)
                 self.assertEqual(p.returncode, code, p.stderr[-500:])

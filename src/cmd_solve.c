@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "solve_cli.h"
 #include "error.h"
+#include "fault.h"
 #include "npy.h"
 #include "output.h"
 #include "timing.h"
@@ -285,6 +286,7 @@ int ar_solve_setup(MPI_Comm comm, solve_cfg *s, solve_run *u)
   AR_CALL(ar_grid_create(comm, s->c.grid[0], s->c.grid[1], &u->grid));
   AR_CALL(ar_cli_check_memory(comm, &s->c, s->mem_per_rank, s->so.hessian, &s->so.linear_solver));
   AR_CALL(ar_cli_load_problem(comm, &s->c, &u->prob));
+  if (ar_fault("signal-startup")) raise(SIGUSR1); /* test hook (fault.h): a signal while the job starts */
   ar_problem_sizes(u->prob, &u->n, &u->d, &u->m);
   u->X = calloc(u->d * u->d, sizeof(double)), u->Y = calloc(u->d * u->m, sizeof(double));
   AR_CALL(ar_error_agree(comm, u->X && u->Y ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory")));

@@ -1,23 +1,27 @@
 /* Stable row softmax, the only transcendental work of the solver: n^2 exponentials per
  * evaluation, which dominate for small d.  exp is evaluated by a branch-free
  * Cody-Waite reduction and a degree-13 Taylor polynomial (relative error < 2e-16 on the
- * range used) so that the loop vectorises; target_clones builds AVX2 and AVX-512 variants
- * chosen at run time.  Maxima and sums use 8 partial accumulators in a fixed order, so the
- * result does not depend on the machine. */
+ * range used) so that the loop vectorises, in AVX2 and AVX-512 variants chosen at run time.
+ * Maxima and sums use 8 partial accumulators in a fixed order, so the result does not depend
+ * on the machine (test_softmax checks that the variants agree bit for bit). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "softmax.h"
 
+/* The kernels are written once (always inlined) and compiled per instruction set: AVX-512,
+ * AVX2 and the baseline (what target_clones would make), picked once at run time from what the
+ * CPU supports.  ar_softmax_use lets the tests run every variant the CPU can execute. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define AR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define AR_VARIANTS 1
 #else
-#define AR_CLONES
+#define AR_VARIANTS 0
 #endif
+#define AR_KERNEL static inline __attribute__((always_inline))
 
 /* e^x for x <= 0 in place; x below -708 gives e^-708 (~3e-308, zero next to the row's 1). */
-AR_CLONES static void exp_nonpositive(double *x, int64_t n)
+AR_KERNEL void exp_nonpositive(double *x, int64_t n)
 {
   const double log2e = 1.4426950408889634, shifter = 0x1.8p52;
   const double ln2hi = 0x1.62e42fefa3800p-1, ln2lo = 0x1.ef35793c76730p-45;
@@ -49,7 +53,7 @@ AR_CLONES static void exp_nonpositive(double *x, int64_t n)
   }
 }
 
-AR_CLONES static double row_max(const double *x, int64_t n)
+AR_KERNEL double row_max(const double *x, int64_t n)
 {
   double m[8];
   for (int i = 0; i < 8; i++) m[i] = x[0];
@@ -63,12 +67,12 @@ AR_CLONES static double row_max(const double *x, int64_t n)
 }
 
 /* x -= c, returning the sum of the results is not needed: subtract, exp, sum, scale. */
-AR_CLONES static void shift(double *x, int64_t n, double c)
+AR_KERNEL void shift(double *x, int64_t n, double c)
 {
   for (int64_t l = 0; l < n; l++) x[l] -= c;
 }
 
-AR_CLONES static double row_sum(const double *x, int64_t n)
+AR_KERNEL double row_sum(const double *x, int64_t n)
 {
   double s[8] = {0};
   int64_t l = 0;
@@ -78,12 +82,12 @@ AR_CLONES static double row_sum(const double *x, int64_t n)
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-AR_CLONES static void scale(double *x, int64_t n, double a)
+AR_KERNEL void scale(double *x, int64_t n, double a)
 {
   for (int64_t l = 0; l < n; l++) x[l] *= a;
 }
 
-void ar_softmax_rows_lse(double *s, int64_t r, int64_t n, double *lse)
+AR_KERNEL void rows(double *s, int64_t r, int64_t n, double *lse)
 {
   for (int64_t j = 0; j < r; j++) {
     double *row = s + j * n, mx = row_max(row, n);
@@ -95,9 +99,8 @@ void ar_softmax_rows_lse(double *s, int64_t r, int64_t n, double *lse)
   }
 }
 
-void ar_softmax_rows(double *s, int64_t r, int64_t n) { ar_softmax_rows_lse(s, r, n, NULL); }
-
-void ar_softmax_online(double *s, int64_t r, int64_t c, double *rmax, double *rsum, double *rescale)
+/* One chunk of an online softmax (softmax.h). */
+AR_KERNEL void online(double *s, int64_t r, int64_t c, double *rmax, double *rsum, double *rescale)
 {
   for (int64_t j = 0; j < r; j++) {
     double *row = s + j * c, mx = row_max(row, c), mnew = mx > rmax[j] ? mx : rmax[j];
@@ -109,7 +112,7 @@ void ar_softmax_online(double *s, int64_t r, int64_t c, double *rmax, double *rs
   }
 }
 
-void ar_softmax_exp_shifted(double *s, int64_t r, int64_t c, const double *lse)
+AR_KERNEL void exp_shifted(double *s, int64_t r, int64_t c, const double *lse)
 {
   for (int64_t j = 0; j < r; j++) {
     shift(s + j * c, c, lse[j]);
@@ -117,8 +120,79 @@ void ar_softmax_exp_shifted(double *s, int64_t r, int64_t c, const double *lse)
   }
 }
 
+#define AR_VARIANT(name, attr)                                                                                \
+  attr static void rows_##name(double *s, int64_t r, int64_t n, double *lse) { rows(s, r, n, lse); }         \
+  attr static void exp_##name(double *x, int64_t n) { exp_nonpositive(x, n); }                              \
+  attr static void online_##name(double *s, int64_t r, int64_t c, double *rmax, double *rsum, double *resc)  \
+  {                                                                                                           \
+    online(s, r, c, rmax, rsum, resc);                                                                        \
+  }                                                                                                           \
+  attr static void shifted_##name(double *s, int64_t r, int64_t c, const double *lse) { exp_shifted(s, r, c, lse); }
+AR_VARIANT(default, )
+#if AR_VARIANTS
+AR_VARIANT(avx2, __attribute__((target("avx2"))))
+AR_VARIANT(avx512f, __attribute__((target("avx512f"))))
+#endif
+
+typedef struct {
+  const char *isa;
+  void (*rows)(double *, int64_t, int64_t, double *);
+  void (*exp)(double *, int64_t);
+  void (*online)(double *, int64_t, int64_t, double *, double *, double *);
+  void (*shifted)(double *, int64_t, int64_t, const double *);
+} variant;
+
+/* best first */
+static const variant variants[] = {
+#if AR_VARIANTS
+    {"avx512f", rows_avx512f, exp_avx512f, online_avx512f, shifted_avx512f},
+    {"avx2", rows_avx2, exp_avx2, online_avx2, shifted_avx2},
+#endif
+    {"default", rows_default, exp_default, online_default, shifted_default},
+};
+static const int nvariants = sizeof variants / sizeof variants[0];
+static const variant *g_variant;
+
+static int cpu_has(const char *isa)
+{
+#if AR_VARIANTS
+  __builtin_cpu_init();
+  if (!strcmp(isa, "avx512f")) return __builtin_cpu_supports("avx512f");
+  if (!strcmp(isa, "avx2")) return __builtin_cpu_supports("avx2");
+#endif
+  return !strcmp(isa, "default");
+}
+
+static const variant *chosen(void)
+{
+  if (!g_variant)
+    for (int i = 0; i < nvariants && !g_variant; i++)
+      if (cpu_has(variants[i].isa)) g_variant = &variants[i];
+  return g_variant;
+}
+
+int ar_softmax_use(const char *isa)
+{
+  for (int i = 0; i < nvariants; i++)
+    if (!strcmp(variants[i].isa, isa) && cpu_has(isa)) return g_variant = &variants[i], 1;
+  return 0;
+}
+
+const char *ar_softmax_isa(void) { return chosen()->isa; }
+
+void ar_softmax_rows(double *s, int64_t r, int64_t n) { chosen()->rows(s, r, n, NULL); }
+
+void ar_softmax_rows_lse(double *s, int64_t r, int64_t n, double *lse) { chosen()->rows(s, r, n, lse); }
+
+void ar_softmax_online(double *s, int64_t r, int64_t c, double *rmax, double *rsum, double *rescale)
+{
+  chosen()->online(s, r, c, rmax, rsum, rescale);
+}
+
+void ar_softmax_exp_shifted(double *s, int64_t r, int64_t c, const double *lse) { chosen()->shifted(s, r, c, lse); }
+
 double ar_exp_nonpositive(double x)
 {
-  exp_nonpositive(&x, 1);
+  chosen()->exp(&x, 1);
   return x;
 }

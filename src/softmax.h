@@ -18,5 +18,10 @@ void ar_softmax_online(double *s, int64_t r, int64_t c, double *rmax, double *rs
 void ar_softmax_exp_shifted(double *s, int64_t r, int64_t c, const double *lse);
 /* Not collective: the exp used by ar_softmax_rows, for x <= 0 (tests). */
 double ar_exp_nonpositive(double x);
+/* Not collective, for tests: use the variant for instruction set isa ("avx512f", "avx2",
+ * "default") from now on; 0 (and no change) if it was not built or this CPU cannot run it. */
+int ar_softmax_use(const char *isa);
+/* Not collective: the instruction set of the variant in use. */
+const char *ar_softmax_isa(void);
 
 #endif

@@ -9,10 +9,17 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
            OPENBLAS_NUM_THREADS="1", OMPI_MCA_rmaps_base_oversubscribe="1")
 
 
-def run(np_, *args, check=True, timeout=300):
-    """Run attnreg on np_ ranks; returns CompletedProcess (text)."""
-    cmd = ["mpirun", "--oversubscribe", "-n", str(np_), ATTNREG] + [str(a) for a in args]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run(np_, *args, check=True, timeout=300, fault=None, env=None, cwd=None):
+    """Run attnreg on np_ ranks; returns CompletedProcess (text).  fault: ATTNREG_FAULT (src/fault.h);
+    env: extra environment variables.  timeout only detects a hang: it is far above any run's time.
+    np_ = 0: one rank without mpirun (a singleton MPI process, as a user may start it); Open MPI's
+    mpirun adds about 2 s to every run that exits with a non-zero status."""
+    launch = ["mpirun", "--oversubscribe", "-n", str(np_)] if np_ else []
+    cmd = launch + [ATTNREG] + [str(a) for a in args]
+    e = dict(ENV, **(env or {}))
+    if fault:
+        e["ATTNREG_FAULT"] = fault
+    p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check and p.returncode != 0:
         raise AssertionError("%s failed (%d):\n%s\n%s" % (" ".join(cmd), p.returncode, p.stdout, p.stderr))
     return p
@@ -38,3 +45,45 @@ def tree_bytes(path):
             with open(full, "rb") as f:
                 out[os.path.relpath(full, path)] = f.read()
     return out
+
+
+def state(path, dir_times=True):
+    """What a reader can observe below path (path itself included): for every entry its type, mode,
+    inode, size, modification time and contents (or link target).  dir_times=False leaves out the
+    directories' own modification times (changed by adding and removing an entry)."""
+    out = {}
+
+    def entry(full):
+        st = os.lstat(full)
+        rel = os.path.relpath(full, path)
+        if os.path.islink(full):
+            body = "-> " + os.readlink(full)
+        elif os.path.isdir(full):
+            body = "dir"
+        else:
+            with open(full, "rb") as f:
+                body = f.read()
+        mtime = st.st_mtime_ns if dir_times or not os.path.isdir(full) or os.path.islink(full) else None
+        out[rel] = (st.st_mode, st.st_ino, st.st_size, mtime, body)
+
+    entry(path)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            entry(os.path.join(root, name))
+    return out
+
+
+def rank_pids(mpirun_pid):
+    """The processes mpirun started (its children), without matching command lines."""
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # field 4 (ppid) follows the command name in parentheses, which may contain spaces
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == mpirun_pid:
+                kids.append(int(d))
+    return sorted(kids)

@@ -57,7 +57,9 @@ class Eval(unittest.TestCase):
             d = os.path.join(REF, case)
             with open(os.path.join(d, "meta.json")) as f:
                 meta = json.load(f)
-            for np_, extra in [(1, []), (3, ["--grid", "3x1", "--nb", "4"]), (4, ["--nb", "3"])]:
+            for np_, extra, grid, nb, tile in [(1, [], "1x1", None, None),
+                                               (3, ["--grid", "3x1", "--nb", "4"], "3x1", 4, None),
+                                               (4, ["--nb", "3", "--tile", "1"], "2x2", 3, 1)]:
                 out = os.path.join(TMP, "eval-%s-%d" % (case, np_))
                 run(np_, "eval", "--a1", d + "/A1.npy", "--a2", d + "/A2.npy", "--a3", d + "/A3.npy", "--b",
                     d + "/B.npy", "--x", d + "/X.npy", "--y", d + "/Y.npy", "--hessian", "exact", "--out", out,
@@ -71,6 +73,11 @@ class Eval(unittest.TestCase):
                     self.assertLessEqual(np.abs(got - ref).max(), 1e-11 * np.abs(ref).max(), (case, np_, f))
                 self.assertEqual(e["ranks"], np_)
                 self.assertEqual(e["n"], meta["n"])
+                self.assertEqual(e["grid"], grid)  # the options took effect
+                if nb:
+                    self.assertEqual(e["nb"], nb)
+                if tile:
+                    self.assertEqual(e["tile"], tile)
 
     def test_gauss_newton_at_zero_residual(self):
         """At a zero-residual point Gauss-Newton and exact Hessians coincide; elsewhere they differ."""
@@ -94,6 +101,40 @@ class Eval(unittest.TestCase):
         o = os.path.join(TMP, "self-eval")
         run(3, "eval", "--data", out, "--x", out + "/X_true.npy", "--y", out + "/Y_true.npy", "--out", o, "--quiet")
         self.assertLess(summary(o + "/eval.json")["loss"], 1e-25)
+
+
+class NpyFormats(unittest.TestCase):
+    def test_formats_through_eval_and_solve(self):
+        """float32, Fortran order and format versions 2.0 and 3.0, in every input of eval and solve
+        on 3 ranks (each reads its own rows of A1 and B), give bit for bit the results of float64,
+        C-order, version 1.0 files holding the same values."""
+        src = os.path.join(REF, "rect")
+        vals = {f: np.load(os.path.join(src, f + ".npy")).astype(np.float32) for f in ("A1", "A2", "A3", "B", "X", "Y")}
+        plain, mixed = os.path.join(TMP, "npy-plain"), os.path.join(TMP, "npy-mixed")
+        layout = {"A1": (np.float32, "F", (2, 0)), "A2": (np.float32, "C", (3, 0)), "A3": (np.float64, "F", (1, 0)),
+                  "B": (np.float32, "F", (3, 0)), "X": (np.float32, "F", (2, 0)), "Y": (np.float64, "F", (3, 0))}
+        for d in (plain, mixed):
+            os.makedirs(d, exist_ok=True)
+        for f, v in vals.items():
+            np.save(os.path.join(plain, f + ".npy"), v.astype(np.float64))
+            dtype, order, version = layout[f]
+            with open(os.path.join(mixed, f + ".npy"), "wb") as fh:
+                np.lib.format.write_array(fh, np.asarray(v.astype(dtype), order=order), version=version)
+            with open(os.path.join(mixed, f + ".npy"), "rb") as fh:  # the files are what they claim
+                self.assertEqual(np.lib.format.read_magic(fh), version)
+        results = {}
+        for d in (plain, mixed):
+            ev, so = d + "-eval", d + "-solve"
+            run(3, "eval", "--data", d, "--x", d + "/X.npy", "--y", d + "/Y.npy", "--hessian", "exact", "--out", ev,
+                "--quiet")
+            run(3, "solve", "--data", d, "--x0", d + "/X.npy", "--y0", d + "/Y.npy", "--max-iter", 4, "--out", so,
+                "--quiet")
+            results[d] = [summary(ev + "/eval.json")["loss"]] + [
+                np.load(os.path.join(ev, f)) for f in ("grad_X.npy", "grad_Y.npy", "hessian.npy")] + [
+                np.load(os.path.join(so, f)) for f in ("X.npy", "Y.npy")] + [summary(so + "/summary.json")["loss"]]
+        self.assertGreater(results[plain][0], 0)
+        for a, b in zip(results[plain], results[mixed]):
+            self.assertTrue(np.array_equal(a, b), (a, b))
 
 
 class Errors(unittest.TestCase):
@@ -121,7 +162,7 @@ class Errors(unittest.TestCase):
         shutil.rmtree(bad_shape, ignore_errors=True)
         shutil.copytree(ref, bad_shape)
         np.save(bad_shape + "/B.npy", np.zeros((4, 2)))
-        for np_ in (1, 3):
+        for np_ in (0, 3):  # 0: one rank, without mpirun (arutil.run)
             self.expect(np_, 3, "no such directory", "eval", "--data", TMP + "/missing", *good)
             self.expect(np_, 2, "--grid 2x2", "eval", "--data", ref, "--grid", "2x2", *good)
             self.expect(np_, 2, "unknown option '--bogus'", "eval", "--data", ref, "--bogus", *good)

@@ -1,6 +1,7 @@
 /* The four autograd reference cases (../shared/testdata/reference): loss, gradient and the
- * whole joint Hessian agree to relative 1e-11 on this rank count, for the grids and block
- * sizes given on the command line.  Usage: test_reference REFDIR TMPDIR [PRxPC:NB ...] */
+ * whole joint Hessian, exact and Gauss-Newton (hessian_gn.npy, made by
+ * scripts/make-reference-gn.py), agree to relative 1e-11 on this rank count, for the grids and
+ * block sizes given on the command line.  Usage: test_reference REFDIR TMPDIR [PRxPC:NB ...] */
 #include <string.h>
 #include <unistd.h>
 
@@ -36,7 +37,7 @@ static void run_case(const char *refdir, const char *tmpdir, const char *name, i
   TU_OK(ar_npy_read(path, &h, &gx));
   snprintf(path, sizeof path, "%s/grad_Y.npy", dir);
   TU_OK(ar_npy_read(path, &h, &gy));
-  snprintf(path, sizeof path, "%s/hessian.npy", dir);
+  snprintf(path, sizeof path, "%s/%s", dir, hk == AR_HESS_EXACT ? "hessian.npy" : "hessian_gn.npy");
   TU_OK(ar_npy_read(path, &h, &Href));
   TU_CHECK(h.rows == D && h.cols == D, "%s: hessian.npy is %lldx%lld, D=%d", name, (long long)h.rows,
            (long long)h.cols, D);
@@ -68,14 +69,15 @@ static void run_case(const char *refdir, const char *tmpdir, const char *name, i
   double eX = tu_relerr(grad, gx, d * d), eY = tu_relerr(grad + d * d, gy, d * m);
   TU_CHECK(eX <= 1e-11, "%s: grad_X relative error %.3g", name, eX);
   TU_CHECK(eY <= 1e-11, "%s: grad_Y relative error %.3g", name, eY);
-  snprintf(path, sizeof path, "%s/H-%s-%dx%d-%d.npy", tmpdir, name, pr, pc, nb);
+  snprintf(path, sizeof path, "%s/H-%s-%dx%d-%d-%d.npy", tmpdir, name, pr, pc, nb, (int)hk);
   TU_OK(ar_dmat_write_npy(H, path));
   MPI_Barrier(MPI_COMM_WORLD);
-  if (hk == AR_HESS_EXACT && rank == 0) {
+  if (rank == 0) {
     double *Hc;
     TU_OK(ar_npy_read(path, &h, &Hc));
     double eH = tu_relerr(Hc, Href, (long)D * D);
-    TU_CHECK(eH <= 1e-11, "%s grid %dx%d nb %d: Hessian relative error %.3g", name, pr, pc, nb, eH);
+    TU_CHECK(eH <= 1e-11, "%s grid %dx%d nb %d: %s Hessian relative error %.3g", name, pr, pc, nb,
+             hk == AR_HESS_EXACT ? "exact" : "Gauss-Newton", eH);
     free(Hc);
     unlink(path);
   }
@@ -95,16 +97,18 @@ int main(int argc, char **argv)
   }
   int size;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  for (int c = 0; c < 4; c++) {
-    run_case(argv[1], argv[2], cases[c], 0, 0, 0, AR_HESS_EXACT);
-    for (int a = 3; a < argc; a++) {
-      int pr, pc, nb;
-      if (sscanf(argv[a], "%dx%d:%d", &pr, &pc, &nb) != 3) continue;
-      if (pr == 0 && pc != 0) pr = size; /* "0x1" = P x 1, "1x0" = 1 x P, "0x0" = default grid */
-      if (pc == 0 && pr != 0 && pr != size) pc = size;
-      run_case(argv[1], argv[2], cases[c], pr, pc, nb, AR_HESS_EXACT);
+  const ar_hessian_kind kinds[2] = {AR_HESS_EXACT, AR_HESS_GAUSS_NEWTON};
+  for (int c = 0; c < 4; c++)
+    for (int k = 0; k < 2; k++) {
+      run_case(argv[1], argv[2], cases[c], 0, 0, 0, kinds[k]);
+      for (int a = 3; a < argc; a++) {
+        int pr, pc, nb;
+        if (sscanf(argv[a], "%dx%d:%d", &pr, &pc, &nb) != 3) continue;
+        if (pr == 0 && pc != 0) pr = size; /* "0x1" = P x 1, "1x0" = 1 x P, "0x0" = default grid */
+        if (pc == 0 && pr != 0 && pr != size) pc = size;
+        run_case(argv[1], argv[2], cases[c], pr, pc, nb, kinds[k]);
+      }
     }
-  }
   int rc = tu_finish("test_reference");
   MPI_Finalize();
   return rc;

@@ -71,13 +71,26 @@ class PlantedJoint(unittest.TestCase):
         self.assertNotEqual(s["reason"], "DIVERGED_NAN")
 
     def test_ranks_and_grids_agree(self):
+        """The same answer on every rank count, grid, block size and tile, and each of these options
+        took effect (summary.json records what was used); the defaults are the documented ones:
+        the squarest grid, nb = min(64, ceil(D / max(PR, PC))) with D = 128 here."""
         base_h, base = self.solve(1, TMP + "/r1")
+        self.assertEqual((base["grid"], base["nb"]), ("1x1", 64))
         X1 = np.load(TMP + "/r1/X.npy")
         Y1 = np.load(TMP + "/r1/Y.npy")
-        for np_, extra in [(2, []), (3, []), (4, []), (4, ["--grid", "1x4"]), (4, ["--grid", "2x2"]),
-                           (4, ["--grid", "4x1", "--nb", "5"]), (3, ["--tile", "7"])]:
+        for np_, extra, grid, nb, tile in [
+                (2, [], "1x2", 64, None), (3, [], "1x3", 43, None), (4, [], "2x2", 64, None),
+                (2, ["--grid", "2x1", "--nb", "3"], "2x1", 3, None), (3, ["--grid", "3x1"], "3x1", 43, None),
+                (4, ["--grid", "1x4"], "1x4", 32, None), (4, ["--grid", "4x1", "--nb", "5"], "4x1", 5, None),
+                (3, ["--tile", "7"], "1x3", 43, 7)]:
             out = TMP + "/r%d%s" % (np_, "".join(extra).replace("-", ""))
             h, s = self.solve(np_, out, *extra)
+            self.assertEqual((s["ranks"], s["grid"], s["nb"]), (np_, grid, nb), extra)
+            if tile:
+                self.assertEqual(s["tile"], tile)
+                self.assertEqual(s["options"]["tile"], tile)
+            else:
+                self.assertGreater(s["tile"], 7)
             self.assertEqual(s["iterations"], base["iterations"], (np_, extra))
             self.assertEqual(s["reason"], base["reason"], (np_, extra))
             self.assertLessEqual(np.abs(np.load(out + "/X.npy") - X1).max(), 1e-8, (np_, extra))
@@ -128,6 +141,68 @@ class HardStarts(unittest.TestCase):
         self.assertTrue(np.any(np.diff(h["mu"]) > 0), "mu never grew")
         self.assertLess(s["loss"], 0.5 * h["loss"][0])
         self.assertNotEqual(s["reason"], "DIVERGED_NAN")
+
+
+class Termination(unittest.TestCase):
+    """Every termination reason fires, and in the documented order: each run below also meets the
+    condition of the reason after it (shown by the next run), so the earlier reason must win."""
+
+    def test_every_reason_in_order(self):
+        data = planted("term", n=128, d=4, m=4, seed=3, x_scale=0.5, noise=0.01)
+        endless = ["--gttol", "0", "--steptol", "0"]
+
+        def solve(name, *extra, fault=None, code=0):
+            out = os.path.join(TMP, "term-" + name)
+            p = run(2, "solve", "--data", data, "--x0", data + "/X0.npy", "--out", out, *extra, check=False,
+                    fault=fault)
+            self.assertEqual(p.returncode, code, p.stderr[-800:])
+            if code:
+                return p, None, None
+            s = summary(out + "/summary.json")
+            self.assertEqual(s["converged"], s["reason"].startswith("CONVERGED_"))
+            if "--quiet" not in extra:
+                self.assertIn("%s due to %s after %d iterations" % ("converged" if s["converged"] else "stopped",
+                                                                     s["reason"], s["iterations"]), p.stdout)
+            return p, s, history(out + "/history.csv")
+
+        # the iteration-1 numbers the thresholds below are set from
+        _, s, h = solve("maxits", "--max-iter", 1, *endless)
+        self.assertEqual((s["reason"], s["iterations"]), ("DIVERGED_MAXITS", 1))
+        g0, g1 = h["grad_norm"]
+        self.assertEqual(h["accepted"][1], 1)
+        self.assertLess(g1, g0)  # so a gttol between g1/g0 and 1 fires at iteration 1, not 0
+        gttol = np.sqrt(g1 / g0)
+        cases = [  # reason, iterations, options, fault hook
+            ("CONVERGED_GATOL", 0, ["--gatol", 1e300, "--grtol", 1e300], None),
+            ("CONVERGED_GRTOL", 0, ["--grtol", 1e300, "--gttol", 1], None),
+            ("CONVERGED_GTTOL", 1, ["--gttol", gttol, "--ftol", 1], None),
+            ("CONVERGED_FTOL", 1, ["--ftol", 1, "--steptol", 1e300, "--gttol", 0], None),
+            ("CONVERGED_STEPTOL", 1, ["--steptol", 1e300, "--max-iter", 1, "--gttol", 0], None),
+            # a NaN trial loss rejects the first step, and mu0 6e15 grows past mu_max = 1e16
+            ("DIVERGED_MAXITS", 1, ["--max-iter", 1, "--mu0", 6e15] + endless, "nan-trial:1"),
+            ("DIVERGED_MU_OVERFLOW", 1, ["--mu0", 6e15] + endless, "nan-trial:1"),
+            ("DIVERGED_MU_OVERFLOW", 0, ["--mu0", 2e16, "--time-limit", 1e-9], None),
+            # a signal while starting is seen at the first iteration boundary, after the time limit
+            ("DIVERGED_TIME_LIMIT", 0, ["--time-limit", 1e-9], "signal-startup:1"),
+        ]
+        for reason, iterations, extra, fault in cases:
+            with self.subTest(reason=reason, options=extra, fault=fault):
+                _, s, _ = solve(reason, *extra, fault=fault)
+                self.assertEqual((s["reason"], s["iterations"]), (reason, iterations))
+        # a time limit in the middle of a run that nothing else would end: it stops at the first
+        # iteration boundary past the limit, however fast the machine
+        limit = 0.5
+        _, s, h = solve("time", "--time-limit", limit, "--max-iter", 20000, "--quiet", *endless)
+        self.assertEqual(s["reason"], "DIVERGED_TIME_LIMIT")
+        self.assertGreaterEqual(s["iterations"], 1)
+        self.assertLess(h["seconds"][-2], limit)
+        # the signal: status 75 (tests/test_reliability.py checks the checkpoint and restart)
+        p, _, _ = solve("signal", "--time-limit", 1e6, *endless, fault="signal:2", code=75)
+        self.assertIn("stopped by signal 10 after iteration 2", p.stderr)
+        # a non-finite loss can only be met at the start (a trial point's is a rejected step): status 6
+        np.save(os.path.join(TMP, "term-Xhuge.npy"), np.full((4, 4), 1e307))
+        p, _, _ = solve("nan", "--x0", os.path.join(TMP, "term-Xhuge.npy"), "--gatol", 1e300, code=6)
+        self.assertIn("not finite at the start point", p.stderr)
 
 
 class Ridge(unittest.TestCase):

@@ -91,6 +91,8 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
   if (!err) err = ar_error_agree(comm, err);
   if (!err) err = ar_eval_create(prob, &c.eval, &ev);
   if (!err) err = ar_out_begin(comm, "--out", outdir, &out);
+  const char *files[4] = {"eval.json", "grad_X.npy", "grad_Y.npy", "hessian.npy"};
+  for (int i = 0; i < (hess ? 4 : 3) && !err; i++) err = ar_out_add(&out, files[i]);
   t[0] = ar_wtime() - t0;
   ar_eval_out r = {.grad = g, .hess = H};
   ar_progress *prog = rank == 0 && !c.quiet ? ar_progress_create(stderr, 10.0, 5.0) : NULL;
@@ -110,7 +112,6 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
     int lerr = AR_OK;
     if (rank == 0) lerr = ar_npy_write(ar_out_path(&out, "grad_X.npy", path, sizeof path), d, d, g);
     if (rank == 0 && !lerr) lerr = ar_npy_write(ar_out_path(&out, "grad_Y.npy", path, sizeof path), d, m, g + d * d);
-    ar_out_path(&out, "grad_X.npy", path, sizeof path), ar_out_path(&out, "grad_Y.npy", path, sizeof path);
     err = ar_error_agree(comm, lerr);
     if (!err && H) err = ar_dmat_write_npy(H, ar_out_path(&out, "hessian.npy", path, sizeof path));
     err = ar_error_agree(comm, err);

@@ -443,6 +443,8 @@ int ar_cmd_multistart(MPI_Comm world, solve_cfg *s, const ar_option *opts, int n
   ar_out out = {0};
   int have_out = 0, first = 0;
   if (!err && s->out) err = ar_out_begin(world, "--out", s->out, &out), have_out = !err;
+  const char *files[5] = {"X.npy", "Y.npy", "history.csv", "starts.csv", "summary.json"};
+  for (int i = 0; i < 5 && !err && have_out; i++) err = ar_out_add(&out, files[i]);
   if (!err && s->restart) err = read_ensemble(&e, &first);
   if (!err && e.wrank == 0 && !s->c.quiet)
     printf("attnreg %s solve: %d starts (%s%s) in %d groups of %d ranks, n=%lld d=%d m=%d%s\n", ATTNREG_VERSION, e.K,
@@ -459,8 +461,6 @@ int ar_cmd_multistart(MPI_Comm world, solve_cfg *s, const ar_option *opts, int n
     if (!err && e.wrank == 0) lerr = ar_npy_write(xp, e.u.d, e.u.d, X);
     const char *yp = ar_out_path(&out, "Y.npy", path, sizeof path);
     if (!err && !lerr && e.wrank == 0) lerr = ar_npy_write(yp, e.u.d, e.u.m, Y);
-    ar_out_path(&out, "starts.csv", path, sizeof path), ar_out_path(&out, "summary.json", path, sizeof path);
-    ar_out_path(&out, "history.csv", path, sizeof path);
     if (!err && !lerr && e.wrank == 0) lerr = write_reports(&e, &out, ar_wtime() - t0, opts, nopts);
     if (!err) err = ar_error_agree(world, lerr);
     if (!err) err = ar_out_commit(&out);

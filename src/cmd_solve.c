@@ -299,6 +299,8 @@ int ar_solve_setup(MPI_Comm comm, solve_cfg *s, solve_run *u)
   if (s->out) {
     AR_CALL(ar_out_begin(comm, "--out", s->out, &u->out));
     u->have_out = 1;
+    const char *files[4] = {"X.npy", "Y.npy", "history.csv", "summary.json"};
+    for (int i = 0; i < 4; i++) AR_CALL(ar_out_add(&u->out, files[i]));
   }
   if (s->restart) AR_CALL(read_restart(comm, s, u->prob, &u->ck));
   if (!s->y0 && !s->restart) AR_CALL(ar_solve_least_squares_y(u->ev, u->X, u->Y));
@@ -380,7 +382,6 @@ static int write_results(MPI_Comm comm, solve_run *u, const ar_option *opts, int
   const char *yp = ar_out_path(&u->out, "Y.npy", path, sizeof path);
   if (rank == 0 && !err) err = ar_npy_write(yp, u->d, u->m, u->Y);
   AR_CALL(ar_error_agree(comm, err));
-  ar_out_path(&u->out, "history.csv", path, sizeof path), ar_out_path(&u->out, "summary.json", path, sizeof path);
   AR_CALL(write_summary(comm, u, opts, nopts));
   return ar_out_commit(&u->out);
 }

@@ -120,22 +120,22 @@ int ar_generate(MPI_Comm comm, const ar_generate_options *o, const char *dir)
     fill(Y, d * m, 0, 1.0, o->seed, STREAM_Y);
     for (int i = 0; i < d * d; i++) X0[i] = X[i] + o->start_noise * o->x_scale * ar_normal(o->seed, STREAM_X0, i);
     err = ar_error_agree(comm, forward_rows(o, r0, r1, a1, X, Y, b));
-    char path[4400];
-    if (o->self) {
-      err = ar_npy_write_rows(comm, ar_out_path(&out, "A.npy", path, sizeof path), n, d, r0, r1, a1);
-    } else {
-      err = ar_npy_write_rows(comm, ar_out_path(&out, "A1.npy", path, sizeof path), n, d, r0, r1, a1);
-      if (!err) err = ar_npy_write_rows(comm, ar_out_path(&out, "A2.npy", path, sizeof path), n, d, r0, r1, a2);
-      if (!err) err = ar_npy_write_rows(comm, ar_out_path(&out, "A3.npy", path, sizeof path), n, d, r0, r1, a3);
-    }
-    if (!err) err = ar_npy_write_rows(comm, ar_out_path(&out, "B.npy", path, sizeof path), n, m, r0, r1, b);
-    int lerr = AR_OK;
+    /* the result files: the inputs by rows (every rank writes its own), the small ones by rank 0 */
+    const char *rows_name[4] = {"A1.npy", "A2.npy", "A3.npy", "B.npy"};
+    const double *rows_data[4] = {a1, a2, a3, b};
+    if (o->self) rows_name[0] = "A.npy", rows_name[1] = rows_name[2] = NULL;
     const char *small[3] = {"X_true.npy", "Y_true.npy", "X0.npy"};
     const double *arr[3] = {X, Y, X0};
     const int cols[3] = {d, m, d};
-    for (int i = 0; i < 3; i++) {
-      ar_out_path(&out, small[i], path, sizeof path);
-      if (!err && !lerr && rank == 0) lerr = ar_npy_write(path, d, cols[i], arr[i]);
+    char path[4400];
+    for (int i = 0; i < 4; i++)
+      if (!err && rows_name[i] && !(err = ar_out_add(&out, rows_name[i])))
+        err = ar_npy_write_rows(comm, ar_out_path(&out, rows_name[i], path, sizeof path), n, i == 3 ? m : d, r0, r1,
+                                rows_data[i]);
+    int lerr = AR_OK;
+    for (int i = 0; i < 3 && !err; i++) {
+      err = ar_out_add(&out, small[i]);
+      if (!err && !lerr && rank == 0) lerr = ar_npy_write(ar_out_path(&out, small[i], path, sizeof path), d, cols[i], arr[i]);
     }
     if (!err) err = ar_error_agree(comm, lerr);
     if (!err) err = ar_out_commit(&out);

@@ -172,11 +172,18 @@ int ar_out_begin(MPI_Comm comm, const char *option, const char *dir, ar_out *out
   return ar_error_agree(comm, err);
 }
 
+int ar_out_add(ar_out *out, const char *name)
+{
+  for (int i = 0; i < out->nfiles; i++)
+    if (!strcmp(out->names[i], name)) return AR_OK;
+  AR_CHECK(out->nfiles < AR_OUT_MAX_FILES && strlen(name) < sizeof out->names[0], AR_ERR_INTERNAL,
+           "output file %s: too many result files or too long a name", name);
+  snprintf(out->names[out->nfiles++], sizeof out->names[0], "%s", name);
+  return AR_OK;
+}
+
 const char *ar_out_path(ar_out *out, const char *name, char *buf, size_t cap)
 {
-  int known = 0;
-  for (int i = 0; i < out->nfiles; i++) known |= !strcmp(out->names[i], name);
-  if (!known && out->nfiles < AR_OUT_MAX_FILES) snprintf(out->names[out->nfiles++], sizeof out->names[0], "%s", name);
   snprintf(buf, cap, "%s/%s", out->stage, name);
   return buf;
 }

@@ -26,7 +26,10 @@ typedef struct {
 /* Collective: check OUT (a directory, or a path that can be created) and make the staging
  * directory; option names the command-line option in messages. */
 int ar_out_begin(MPI_Comm comm, const char *option, const char *dir, ar_out *out);
-/* Not collective (same result on every rank): where to write result file `name` (staging). */
+/* Not collective (call it on every rank with the same names): declare result file `name`, one
+ * of the files the commit makes appear in OUT. */
+int ar_out_add(ar_out *out, const char *name);
+/* Not collective: where to write result file `name` (in the staging directory). */
 const char *ar_out_path(ar_out *out, const char *name, char *buf, size_t cap);
 /* Rank 0 only: open the staging file of `name` for writing text (JSON, CSV). */
 FILE *ar_out_fopen(ar_out *out, const char *name);

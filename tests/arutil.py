@@ -87,3 +87,15 @@ def rank_pids(mpirun_pid):
             if int(stat[stat.rindex(")") + 2:].split()[1]) == mpirun_pid:
                 kids.append(int(d))
     return sorted(kids)
+
+
+def planted(tmp, name, **kw):
+    """A planted problem from attnreg generate in tmp/name (made once): keyword arguments are
+    generate's options (x_scale=0.5 is --x-scale 0.5)."""
+    d = os.path.join(tmp, name)
+    if not os.path.exists(d):
+        args = ["generate", "--out", d, "--quiet"]
+        for k, v in kw.items():
+            args += ["--" + k.replace("_", "-"), v]
+        run(2, *args)
+    return d

@@ -22,21 +22,6 @@
 #include "npy.h"
 #include "timing.h"
 
-static double dgemm_rate(void)
-{
-  const int n = 2048;
-  double *a = malloc(sizeof(double) * n * n), *b = malloc(sizeof(double) * n * n), *c = malloc(sizeof(double) * n * n);
-  for (long i = 0; i < (long)n * n; i++) a[i] = b[i] = 1.0 / (1 + i % 7), c[i] = 0;
-  double best = 1e30;
-  for (int r = 0; r < 3; r++) {
-    double t = ar_wtime();
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-    t = ar_wtime() - t;
-    best = t < best ? t : best;
-  }
-  free(a), free(b), free(c);
-  return 2.0 * n * n * n / best * 1e-9;
-}
 
 int main(int argc, char **argv)
 {
@@ -68,7 +53,7 @@ int main(int argc, char **argv)
   for (int64_t i = 0; i < (r1 - r0) * m; i++) b[i] = ar_normal(1, 4, r0 * m + i);
   for (int i = 0; i < d * d; i++) X[i] = ar_normal(1, 5, i);
   for (int i = 0; i < d * m; i++) Y[i] = ar_normal(1, 6, i);
-  double rate = rank == 0 ? dgemm_rate() : 0;
+  double rate = rank == 0 ? ar_blas_dgemm_gflops(2048, 3) : 0;
   MPI_Bcast(&rate, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
   ar_problem prob = NULL;
   ar_grid grid;

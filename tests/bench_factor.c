@@ -10,24 +10,10 @@
 #include <string.h>
 
 #include "attnreg.h"
+#include "blas.h"
 #include "grid_impl.h"
 #include "timing.h"
 
-static double dgemm_rate(void)
-{
-  const int n = 2048;
-  double *a = malloc(sizeof(double) * n * n), *b = malloc(sizeof(double) * n * n), *c = malloc(sizeof(double) * n * n);
-  for (long i = 0; i < (long)n * n; i++) a[i] = b[i] = 1.0 / (1 + i % 7), c[i] = 0;
-  double best = 1e30;
-  for (int r = 0; r < 3; r++) {
-    double t = ar_wtime();
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-    t = ar_wtime() - t;
-    best = t < best ? t : best;
-  }
-  free(a), free(b), free(c);
-  return 2.0 * n * n * n / best * 1e-9;
-}
 
 int main(int argc, char **argv)
 {
@@ -41,7 +27,7 @@ int main(int argc, char **argv)
     return 2;
   }
   const int N = atoi(argv[1]), reps = atoi(argv[2]);
-  double rate = dgemm_rate(), rmin;
+  double rate = ar_blas_dgemm_gflops(2048, 3), rmin;
   MPI_Allreduce(&rate, &rmin, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
   if (rank == 0) printf("bench_factor N=%d ranks=%d: DGEMM %.2f GFLOP/s per rank (slowest rank, same run)\n", N, size, rmin);
   for (int a = 3; a < argc; a++) {

@@ -16,6 +16,7 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+import arutil  # noqa: E402
 from arutil import ENV, run, history, summary  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="attnreg-cg-")
@@ -23,13 +24,7 @@ REAL = os.path.join(os.path.dirname(__file__), "data", "real", "ppocr_v4_svtr_b0
 
 
 def planted(name, **kw):
-    d = os.path.join(TMP, name)
-    if not os.path.exists(d):
-        args = ["generate", "--out", d, "--quiet"]
-        for k, v in kw.items():
-            args += ["--" + k.replace("_", "-"), v]
-        run(2, *args)
-    return d
+    return arutil.planted(TMP, name, **kw)
 
 
 class MatrixFree(unittest.TestCase):

@@ -111,6 +111,18 @@ int ar_dmat_write_npy(ar_dmat A, const char *path);
 int ar_dmat_factor(ar_dmat A, double shift, int *not_pd);
 /* Collective: the same with a diagonal shift: shift_diag[i] added to A_ii (global, length N). */
 int ar_dmat_factor_diag(ar_dmat A, double shift, const double *shift_diag, int *not_pd);
+/* A Kronecker-structured metric on z = [vec_r X (d*d); vec_r Y (d*m)] (row-major vec):
+ * Ga (x) Gb on the X block, Gy (x) I_m on the Y block (d x d, row-major, symmetric), plus
+ * floor * I.  N = d*d (the X block alone) or d*d + d*m. */
+typedef struct {
+  int d, m;
+  const double *Ga, *Gb, *Gy;
+  double floor;
+} ar_kron_metric;
+/* Collective: the same with the shift shift * M (M global, the same on every rank). */
+int ar_dmat_factor_metric(ar_dmat A, double shift, const ar_kron_metric *M, int *not_pd);
+/* Not collective: v^T M v for v of length N. */
+double ar_kron_metric_quad(const ar_kron_metric *M, int N, const double *v);
 /* Collective: the diagonal of A on every rank (global, length N). */
 int ar_dmat_diag(ar_dmat A, double *diag);
 /* Collective: x = (A + shift*I)^{-1} rhs with the last successful ar_dmat_factor (pdpotrs).
@@ -271,10 +283,13 @@ typedef enum {
 const char *ar_linear_solver_name(int ls); /* not collective: "cholesky", ...; NULL if none */
 
 /* The shape of the Levenberg-Marquardt shift of the dense step: mu s I (s = mean |diag H|), or
- * mu s D with D = |diag H| / s (Marquardt, More: scale-invariant, for badly scaled unknowns). */
+ * mu s D with D = |diag H| / s (Marquardt, More: scale-invariant, for badly scaled unknowns), or
+ * mu s M with M the inputs' Gram metric (G1 (x) G2 on X, G3 (x) I on Y, G_k = A_k^T A_k, scaled
+ * to mean diagonal 1): the step whitening would take, without changing variables. */
 #define AR_SHIFT_MAP(X)                \
   X(AR_SHIFT_IDENTITY, 0, "identity")  \
-  X(AR_SHIFT_DIAGONAL, 1, "diagonal")
+  X(AR_SHIFT_DIAGONAL, 1, "diagonal")  \
+  X(AR_SHIFT_GRAM, 2, "gram")
 
 typedef enum {
 #define AR_SHIFT_ENUM(name, value, text) name = value,

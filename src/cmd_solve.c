@@ -47,8 +47,8 @@ static int option_table(solve_cfg *s, ar_option *opts)
        "by attnreg plan's model that fits the memory budget", NULL, 0, 0, "auto|cholesky|cg", ar_linear_solver_name},
       {"cg-max-iter", AR_OPT_INT, &so->cg_max_iter, "matrix-free step: CG iterations per Newton step at most", NULL, 1},
       {"shift", AR_OPT_CHOICE, &so->shift,
-       "dense step: Levenberg-Marquardt shift mu s I, or mu s D with D = |diag H| / s (scale-invariant)", NULL, 0, 0,
-       "identity|diagonal", ar_shift_name},
+       "dense step: Levenberg-Marquardt shift mu s I, mu s D with D = |diag H| / s (scale-invariant), or mu s M with M "
+       "the inputs' Gram metric (whitening's shift, unwhitened)", NULL, 0, 0, "identity|diagonal|gram", ar_shift_name},
       {"whiten", AR_OPT_CHOICE, &s->whiten,
        "solve in whitened variables (A = QR: an exact change of variables, results in the user's); auto: on "
        "without ridge weights", NULL, 0, 0, "auto|on|off", whiten_name},

@@ -1,4 +1,5 @@
 /* BLACS process grid, block-cyclic matrices and the shifted Cholesky solve (pdpotrf/pdpotrs). */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,17 +178,11 @@ int ar_dmat_diag(ar_dmat A, double *diag)
 
 int ar_dmat_factor(ar_dmat A, double shift, int *not_pd) { return ar_dmat_factor_diag(A, shift, NULL, not_pd); }
 
-int ar_dmat_factor_diag(ar_dmat A, double shift, const double *shift_diag, int *not_pd)
+/* Cholesky factor of A->fact in place (the shifted copy): LAPACK on one process. */
+static int factor_copy(ar_dmat A, int *not_pd)
 {
   ar_grid g = A->g;
-  const int N = A->N, nb = A->nb, one = 1;
-  size_t cnt = (size_t)A->locr * A->locc;
-  memcpy(A->fact, A->a, cnt * sizeof(double));
-  for (int lj = 0; lj < A->locc; lj++) {
-    int gj = ar_bc_global(lj, nb, g->pc, g->mycol);
-    if (ar_bc_owner(gj, nb, g->pr) == g->myrow)
-      A->fact[(size_t)lj * A->lld + ar_bc_local(gj, nb, g->pr)] += shift_diag ? shift_diag[gj] : shift;
-  }
+  const int N = A->N, one = 1;
   int info = 0;
   double t0 = MPI_Wtime();
   /* One process: ScaLAPACK would only add PBLAS overhead to LAPACK's blocked Cholesky. */
@@ -199,6 +194,77 @@ int ar_dmat_factor_diag(ar_dmat A, double shift, const double *shift_diag, int *
   *not_pd = info > 0;
   A->factored = !*not_pd;
   return AR_OK;
+}
+
+int ar_dmat_factor_diag(ar_dmat A, double shift, const double *shift_diag, int *not_pd)
+{
+  ar_grid g = A->g;
+  const int nb = A->nb;
+  memcpy(A->fact, A->a, (size_t)A->locr * A->locc * sizeof(double));
+  for (int lj = 0; lj < A->locc; lj++) {
+    int gj = ar_bc_global(lj, nb, g->pc, g->mycol);
+    if (ar_bc_owner(gj, nb, g->pr) == g->myrow)
+      A->fact[(size_t)lj * A->lld + ar_bc_local(gj, nb, g->pr)] += shift_diag ? shift_diag[gj] : shift;
+  }
+  return factor_copy(A, not_pd);
+}
+
+/* The Kronecker coordinates of unknown r: block 0 (X, r = a d + b) or 1 (Y, r = d^2 + a m + b). */
+static void kron_coords(const ar_kron_metric *M, int r, int *blk, int *a, int *b)
+{
+  const int dd = M->d * M->d;
+  if (r < dd) *blk = 0, *a = r / M->d, *b = r % M->d;
+  else *blk = 1, *a = (r - dd) / M->m, *b = (r - dd) % M->m;
+}
+
+/* Adds shift * M to the lower triangle (all that the Cholesky reads): M(r, c) is
+ * Ga[a][a'] Gb[b][b'] within X, Gy[a][a'] [b == b'] within Y, 0 across, + floor [r == c]. */
+int ar_dmat_factor_metric(ar_dmat A, double shift, const ar_kron_metric *M, int *not_pd)
+{
+  ar_grid g = A->g;
+  const int nb = A->nb, d = M->d;
+  int *rg;
+  AR_MALLOC(rg, 4 * (size_t)(A->locr > 0 ? A->locr : 1));
+  int *rblk = rg + A->locr, *ra = rblk + A->locr, *rb = ra + A->locr;
+  for (int li = 0; li < A->locr; li++) {
+    rg[li] = ar_bc_global(li, nb, g->pr, g->myrow);
+    kron_coords(M, rg[li], &rblk[li], &ra[li], &rb[li]);
+  }
+  memcpy(A->fact, A->a, (size_t)A->locr * A->locc * sizeof(double));
+  for (int lj = 0; lj < A->locc; lj++) {
+    const int gj = ar_bc_global(lj, nb, g->pc, g->mycol);
+    int cblk, ca, cb;
+    kron_coords(M, gj, &cblk, &ca, &cb);
+    double *col = A->fact + (size_t)lj * A->lld;
+    const double *ga = (cblk ? M->Gy : M->Ga) + ca, *gb = M->Gb + cb;
+    for (int li = 0; li < A->locr; li++) {
+      if (rg[li] < gj || rblk[li] != cblk) continue;
+      double v = cblk ? (rb[li] == cb ? ga[ra[li] * d] : 0) : ga[ra[li] * d] * gb[rb[li] * d];
+      if (rg[li] == gj) v += M->floor;
+      col[li] += shift * v;
+    }
+  }
+  free(rg);
+  return factor_copy(A, not_pd);
+}
+
+double ar_kron_metric_quad(const ar_kron_metric *M, int N, const double *v)
+{
+  const int d = M->d, dd = d * d, m = M->m;
+  double q = 0;
+  for (int i = 0; i < N; i++) q += M->floor * v[i] * v[i];
+  double *T = malloc(sizeof(double) * 2 * dd);
+  if (!T) return NAN; /* the caller's model check then rejects the step */
+  /* vec_r(V)^T (Ga (x) Gb) vec_r(V) = sum V .* (Ga V Gb) */
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0, M->Ga, d, v, d, 0.0, T, d);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0, T, d, M->Gb, d, 0.0, T + dd, d);
+  for (int i = 0; i < dd; i++) q += v[i] * T[dd + i];
+  free(T);
+  if (N > dd)
+    for (int k = 0; k < d; k++)
+      for (int kk = 0; kk < d; kk++)
+        for (int l = 0; l < m; l++) q += v[dd + k * m + l] * M->Gy[k * d + kk] * v[dd + kk * m + l];
+  return q;
 }
 
 int ar_dmat_solve(ar_dmat A, const double *rhs, double *x)

@@ -55,10 +55,11 @@ void ar_progress_phase(ar_progress *p, const char *phase, double fraction)
   if (now - p->t_start < p->first_after || now - p->t_last < p->every) return;
   p->t_last = now;
   const double in_phase = now - p->t_phase;
+  /* the estimate is the phase's own (its share done so far): the unit's time is printed apart */
   if (fraction > 0 && fraction < 1)
-    fprintf(p->out, "attnreg: %s: %s %.0f%% done, %.1f s so far, about %.0f s left\n", p->what, phase,
-            100 * fraction, now - p->t_start, in_phase / fraction * (1 - fraction));
+    fprintf(p->out, "attnreg: %s (%.1f s so far): %s %.0f%% done, about %.0f s left of it\n", p->what,
+            now - p->t_start, phase, 100 * fraction, in_phase / fraction * (1 - fraction));
   else
-    fprintf(p->out, "attnreg: %s: %s, %.1f s so far\n", p->what, phase, now - p->t_start);
+    fprintf(p->out, "attnreg: %s (%.1f s so far): %s\n", p->what, now - p->t_start, phase);
   fflush(p->out);
 }

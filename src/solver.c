@@ -7,12 +7,13 @@
  *     reason = converged(...)  in the fixed order NaN, gatol, grtol, gttol, ftol, steptol,
  *                              max_it, mu overflow, time limit, signal      -> stop if set
  *     H at z (fresh): s = mean |diag H| * min(1, |g|/|g0|)  (dimensionless mu; shift -> 0 as g -> 0)
- *                     factor H + mu s I (pdpotrf); not positive definite -> raise mu, refactor
+ *                     factor H + mu s M (pdpotrf; M: --shift, by default the inputs' Gram
+ *                     metric, I in whitened variables); not positive definite -> raise mu, refactor
  *     otherwise (chord step): keep the factor of the last Hessian
  *     solve for dz = -(factor)^{-1} g (pdpotrs)
  *     evaluate at z + dz:  untrusted (the last step was rejected or had rho <= 0.75): f only;
  *                          trusted, a chord step may follow: f and g;  trusted: f, g and H at once
- *     pred = -g.dz - dz.(H + shift I).dz/2 + shift |dz|^2/2 = (-g.dz + shift |dz|^2) / 2
+ *     pred = -g.dz - dz.(H + shift M).dz/2 + shift dz.M.dz/2 = (-g.dz + shift dz.M.dz) / 2
  *     rho = (f - f_t) / pred
  *     rho > 1e-4 and f_t < f: accept (z += dz; f, g, H at z unless already there), shrink mu
  *                             (Nielsen); --hessian auto: Gauss-Newton next while an accepted
@@ -54,7 +55,7 @@ void ar_solver_options_default(ar_solver_options *o)
   o->mu_max = 1e16;
   o->linear_solver = AR_LINSOLVE_AUTO;
   o->cg_max_iter = 500;
-  o->shift = AR_SHIFT_IDENTITY;
+  o->shift = AR_SHIFT_GRAM;
 }
 
 int ar_solver_options_check(const ar_solver_options *o)
@@ -156,7 +157,7 @@ static void update_mu(ar_solver_state *st, mu_event e)
   }
 }
 
-/* Factor H + mu s I at z, raising mu until it is positive definite, with
+/* Factor H + mu s M at z (M: the stepper's shift shape), raising mu until it is positive definite, with
  * s = mean |diag H| * min(1, |g| / |g0|): a shift proportional to |g| near the solution keeps
  * Newton's quadratic rate (Yamashita-Fukushima); far away the gain-ratio rule controls mu. */
 static int factor_shifted(lm_state *s, int *not_pd)

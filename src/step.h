@@ -5,11 +5,12 @@
  *                    at z, of kind hk (the dense method assembles it; a matrix-free method
  *                    only remembers z)
  *   scale()          mean |diag H| of the current model: the scale of the shift
- *   factor(shift)    prepare solves with H + shift*I; *not_pd when that is not positive definite
- *   solve(g)         dz = -(H + shift*I)^{-1} g with the prepared model (also for chord steps,
+ *   factor(shift)    prepare solves with H + shift*M (M: the method's shift shape, I for CG,
+ *                    --shift for the dense step); *not_pd when that is not positive definite
+ *   solve(g)         dz = -(H + shift*M)^{-1} g with the prepared model (also for chord steps,
  *                    where g is taken at another point than H), and the decrease the quadratic
- *                    model of that factor predicts, pred = -g.dz - dz.(H + shift I).dz / 2
- *                    + shift |dz|^2 / 2; *indefinite when the method found H + shift*I not
+ *                    model of that factor predicts, pred = -g.dz - dz.(H + shift M).dz / 2
+ *                    + shift dz.M.dz / 2; *indefinite when the method found H + shift*M not
  *                    positive definite only while solving (the solver then raises the shift)
  *
  * Every operation is collective, and its results are global (identical on every rank), so

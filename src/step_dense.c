@@ -1,25 +1,36 @@
 /* The dense Newton step (step.h): H assembled into the block-cyclic layout by the evaluation
- * (eval.c, hessian.c), H + shift*I factored by ScaLAPACK's Cholesky (grid.c).  The factor is
- * kept in its own copy, so chord steps can reuse it while H is re-evaluated elsewhere. */
+ * (eval.c, hessian.c), H + shift*S factored by ScaLAPACK's Cholesky (grid.c), with S the shape
+ * of --shift: I, Marquardt's diagonal, or the inputs' Gram metric.  The factor is kept in its
+ * own copy, so chord steps can reuse it while H is re-evaluated elsewhere. */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "error.h"
+#include "problem_impl.h"
 #include "step.h"
+
+/* The Gram metric's floor, relative to its mean diagonal (1): a rank-deficient input still
+ * gets a shift, and directions below the rounding of H are not trusted to the metric alone. */
+#define GRAM_FLOOR 1e-8
 
 typedef struct {
   ar_grid grid;
   ar_dmat H;
-  int scaled;         /* AR_SHIFT_DIAGONAL: the shift is shift * max(|H_ii|, floor) / mean |H_ii| */
-  double *diag;       /* diag H of the last Hessian evaluated (scaled only) */
-  double *shiftv;     /* the per-unknown shift of the current factor */
+  int kind;           /* ar_shift_kind */
+  double *diag;       /* AR_SHIFT_DIAGONAL: diag H of the last Hessian evaluated */
+  double *shiftv;     /* the per-unknown shift of the current factor (identity, diagonal) */
+  double shift;       /* the factor's shift (gram: the factor is of H + shift M) */
+  double *G;          /* AR_SHIFT_GRAM: G1/mean, G2, G3/mean (d x d each): mean diag M = 1 */
+  ar_kron_metric M;
 } dense;
 
 static int dense_evaluate(ar_stepper *st, const double *z, ar_hessian_kind hk, double *f, double *g)
 {
   dense *ds = st->impl;
   AR_CALL(ar_stepper_eval(st, z, hk, ds->H, f, g));
-  return hk != AR_HESS_NONE && ds->scaled ? ar_dmat_diag(ds->H, ds->diag) : AR_OK;
+  return hk != AR_HESS_NONE && ds->kind == AR_SHIFT_DIAGONAL ? ar_dmat_diag(ds->H, ds->diag) : AR_OK;
 }
 
 static int dense_scale(ar_stepper *st, double *scale)
@@ -40,12 +51,15 @@ static int dense_factor(ar_stepper *st, double shift, int *not_pd)
 {
   dense *ds = st->impl;
   const int N = st->N;
+  const int scaled = ds->kind == AR_SHIFT_DIAGONAL;
   double mean = 0;
-  if (ds->scaled)
+  if (scaled)
     for (int i = 0; i < N; i++) mean += fabs(ds->diag[i]) / N;
   for (int i = 0; i < N; i++) /* Marquardt's scaling, floored so that a zero diagonal keeps a shift */
-    ds->shiftv[i] = ds->scaled && mean > 0 ? shift * fmax(fabs(ds->diag[i]), 1e-8 * mean) / mean : shift;
+    ds->shiftv[i] = scaled && mean > 0 ? shift * fmax(fabs(ds->diag[i]), 1e-8 * mean) / mean : shift;
+  ds->shift = shift;
   st->res->flops += share(ds, (double)N * N * N / 3); /* counted in the summary's GFLOP/s */
+  if (ds->kind == AR_SHIFT_GRAM) return ar_dmat_factor_metric(ds->H, shift, &ds->M, not_pd);
   return ar_dmat_factor_diag(ds->H, shift, ds->shiftv, not_pd);
 }
 
@@ -65,6 +79,7 @@ static int dense_solve(ar_stepper *st, const double *g, double *dz, double *pred
    * decrease is -g.dz/2 + dz.S.dz / 2. */
   double gdz = 0, dsd = 0;
   for (int i = 0; i < N; i++) gdz += g[i] * dz[i], dsd += ds->shiftv[i] * dz[i] * dz[i];
+  if (ds->kind == AR_SHIFT_GRAM) dsd = ds->shift * ar_kron_metric_quad(&ds->M, N, dz);
   *pred = -0.5 * gdz + 0.5 * dsd;
   return AR_OK;
 }
@@ -80,8 +95,36 @@ static void dense_finish(ar_stepper *st, ar_solve_result *res)
 static void dense_destroy(ar_stepper *st)
 {
   dense *ds = st->impl;
-  if (ds) ar_dmat_destroy(&ds->H), free(ds->diag), free(ds->shiftv);
+  if (ds) ar_dmat_destroy(&ds->H), free(ds->diag), free(ds->shiftv), free(ds->G);
   free(ds);
+}
+
+/* Collective: the Gram metric of the inputs, M = G1 (x) G2 on X, G3 (x) I_m on Y with
+ * G_k = A_k^T A_k (one allreduce each), scaled to mean diagonal 1.  In the whitened variables
+ * (A_k = Q_k R_k, G_k = R_k^T R_k) it is the identity: a shift mu s M here is the shift
+ * whitening would apply, so the step sees the inputs' conditioning through H alone. */
+static int gram_metric(dense *ds, ar_problem p, int N)
+{
+  const int d = p->d, m = p->m, dd = d * d;
+  ds->G = calloc((size_t)3 * dd, sizeof(double));
+  AR_CHECK(ds->G, AR_ERR_MEM, "out of memory (Gram metric)");
+  const double *A[3] = {p->a1, p->a2, p->a3};
+  for (int k = 0; k < 3; k++) {
+    double *G = ds->G + (size_t)k * dd;
+    if (p->nloc > 0) cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, (int)p->nloc, 1.0, A[k], d, 0.0, G, d);
+    for (int i = 0; i < d; i++)
+      for (int j = 0; j < i; j++) G[i * d + j] = G[j * d + i];
+  }
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, ds->G, 3 * dd, MPI_DOUBLE, MPI_SUM, p->comm));
+  double tr[3] = {0, 0, 0};
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < d; i++) tr[k] += ds->G[(size_t)k * dd + i * d + i];
+  const double mean = (tr[0] * tr[1] + (N > dd ? (double)m * tr[2] : 0)) / N;
+  AR_CHECK(mean > 0 && isfinite(mean), AR_ERR_DATA, "--shift gram: the inputs are all zero");
+  for (int i = 0; i < dd; i++) ds->G[i] /= mean, ds->G[2 * dd + i] /= mean;
+  const char *fl = getenv("ATTNREG_GRAM_FLOOR"); /* EXPERIMENT */
+  ds->M = (ar_kron_metric){d, m, ds->G, ds->G + dd, ds->G + 2 * dd, fl ? atof(fl) : GRAM_FLOOR};
+  return AR_OK;
 }
 
 static const ar_stepper_ops dense_ops = {"cholesky", dense_evaluate, dense_scale, dense_factor, dense_solve,
@@ -101,8 +144,9 @@ int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, int shift, 
   st->impl = ds;
   *out = st;
   AR_CHECK(ds, AR_ERR_MEM, "out of memory (dense step)");
-  ds->grid = grid, ds->scaled = shift == AR_SHIFT_DIAGONAL;
+  ds->grid = grid, ds->kind = shift;
   ds->diag = calloc(N, sizeof(double)), ds->shiftv = calloc(N, sizeof(double));
   AR_CHECK(ds->diag && ds->shiftv, AR_ERR_MEM, "out of memory (dense step)");
+  if (shift == AR_SHIFT_GRAM) AR_CALL(gram_metric(ds, ar_eval_problem(ev), N));
   return ar_dmat_create(grid, N, nb, &ds->H);
 }

@@ -1,6 +1,7 @@
 """attnreg generate / eval / errors through the command line, checked with numpy."""
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -135,6 +136,34 @@ class NpyFormats(unittest.TestCase):
         self.assertGreater(results[plain][0], 0)
         for a, b in zip(results[plain], results[mixed]):
             self.assertTrue(np.array_equal(a, b), (a, b))
+
+
+class Progress(unittest.TestCase):
+    """Progress lines (src/progress.c), made to talk at once with ATTNREG_PROGRESS=0,0: on stderr,
+    naming the unit (the iteration), its time so far and the phase with its share done and the
+    time left of that phase; none under --quiet, none on stdout."""
+
+    LINE = re.compile(r"^attnreg: (iteration \d+|start|eval) \(\d+\.\d s so far\): "
+                      r"(evaluation( \d+% done, about \d+ s left of it)?|Cholesky factorisation)$")
+
+    def test_lines(self):
+        out = os.path.join(TMP, "progress-data")
+        run(2, "generate", "--n", 96, "--d", 3, "--m", 2, "--seed", 3, "--out", out, "--quiet")
+        env = {"ATTNREG_PROGRESS": "0,0"}
+        p = run(2, "solve", "--data", out, "--x0", out + "/X0.npy", "--linear-solver", "cholesky", "--tile", 16,
+                "--max-iter", 2, "--out", os.path.join(TMP, "progress-out"), env=env)
+        lines = [l for l in p.stderr.splitlines() if "so far" in l]
+        self.assertTrue(lines, p.stderr)
+        for l in lines:
+            self.assertRegex(l, self.LINE)
+        self.assertTrue(any(l.startswith("attnreg: iteration 1 ") and "% done" in l for l in lines), lines)
+        self.assertTrue(any("Cholesky factorisation" in l for l in lines), lines)
+        self.assertNotIn("so far", p.stdout)
+        p = run(2, "eval", "--data", out, "--x", out + "/X0.npy", "--y", out + "/Y_true.npy", "--tile", 16,
+                "--out", os.path.join(TMP, "progress-eval"), env=env)
+        self.assertTrue([l for l in p.stderr.splitlines() if l.startswith("attnreg: eval (")], p.stderr)
+        p = run(2, "solve", "--data", out, "--max-iter", 2, "--quiet", "--out", os.path.join(TMP, "progress-q"), env=env)
+        self.assertNotIn("so far", p.stderr + p.stdout)
 
 
 class Errors(unittest.TestCase):

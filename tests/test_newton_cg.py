@@ -5,6 +5,9 @@
   * a checkpoint taken mid-run (signal raised by the test hook) restarts into the same answer;
   * whitening is refused with ridge weights when asked for, skipped with a note for rank-deficient
     inputs under --whiten auto, and an error naming the file and column under --whiten on;
+  * --shift gram on badly scaled, correlated inputs: the first dense step is the one NumPy
+    computes from the assembled Hessian and the Gram metric (1, 2, 4 ranks, small blocks), and
+    whitened variables make that metric the identity (the same step as --shift identity);
   * the real trained head (tests/data/real), whitened, matrix-free, from X_true + 10 % noise:
     relative loss 1e-10 within a few Newton steps, and a peak RSS per rank far below the dense path's.
 """
@@ -114,6 +117,63 @@ class Whitening(unittest.TestCase):
         p = run(2, "solve", "--data", bad, "--max-iter", "3", "--out", os.path.join(TMP, "def-out"))
         self.assertIn("note: not whitened", p.stdout)
         self.assertFalse(summary(os.path.join(TMP, "def-out", "summary.json"))["whitened"])
+
+
+class GramShift(unittest.TestCase):
+    """The dense step with the shift mu s M, M = (G1 (x) G2) + (G3 (x) I) scaled to mean diagonal 1,
+    plus 1e-8 I (G_k = A_k^T A_k), against NumPy on the assembled Hessian."""
+
+    def test_first_step_against_numpy(self):
+        base = planted("p96", n=96, d=4, m=3, seed=11, x_scale=0.5)
+        data = os.path.join(TMP, "gram-data")
+        os.makedirs(data, exist_ok=True)
+        rng = np.random.default_rng(4)
+        A = [np.load(os.path.join(base, "A%d.npy" % k)) for k in (1, 2, 3)]
+        # badly scaled, correlated columns: whitening would change them a lot
+        mix = np.diag([1.0, 1e-2, 3.0, 30.0]) @ (np.eye(4) + 0.5 * rng.standard_normal((4, 4)))
+        A = [a @ mix for a in A]
+        for k in (1, 2, 3):
+            np.save(os.path.join(data, "A%d.npy" % k), A[k - 1])
+        np.save(os.path.join(data, "B.npy"), np.load(os.path.join(base, "B.npy")))
+        d, m = 4, 3
+        X0 = 0.3 * rng.standard_normal((d, d))
+        Y0 = rng.standard_normal((d, m))
+        np.save(os.path.join(data, "X0.npy"), X0)
+        np.save(os.path.join(data, "Y0.npy"), Y0)
+        ev = os.path.join(TMP, "gram-eval")
+        run(1, "eval", "--data", data, "--x", data + "/X0.npy", "--y", data + "/Y0.npy", "--hessian", "gauss-newton",
+            "--out", ev, "--quiet")
+        H = np.load(ev + "/hessian.npy")
+        g = np.concatenate([np.load(ev + "/grad_X.npy").ravel(), np.load(ev + "/grad_Y.npy").ravel()])
+        G = [a.T @ a for a in A]
+        M = np.zeros_like(H)
+        M[:d * d, :d * d] = np.kron(G[0], G[1])
+        M[d * d:, d * d:] = np.kron(G[2], np.eye(m))
+        M = M / np.mean(np.diag(M)) + 1e-8 * np.eye(len(g))
+        mu0 = 1e-3
+        s = mu0 * np.mean(np.abs(np.diag(H)))
+        S = H + s * M  # condition number ~1e12 here: compare residuals, not steps
+        for np_, nb in ((1, 64), (2, 4), (4, 3)):
+            out = os.path.join(TMP, "gram-%d" % np_)
+            run(np_, "solve", "--data", data, "--x0", data + "/X0.npy", "--y0", data + "/Y0.npy", "--whiten", "off",
+                "--linear-solver", "cholesky", "--shift", "gram", "--hessian", "gauss-newton", "--mu0", mu0,
+                "--nb", nb, "--max-iter", "1", "--out", out, "--quiet")
+            h = history(out + "/history.csv")
+            with self.subTest(ranks=np_):
+                self.assertEqual(int(h["accepted"][1]), 1)
+                dz = np.concatenate([(np.load(out + "/X.npy") - X0).ravel(), (np.load(out + "/Y.npy") - Y0).ravel()])
+                self.assertLessEqual(np.linalg.norm(S @ dz + g), 1e-11 * np.linalg.norm(g))
+                # the identity shift's system is another one: this step does not solve it
+                S_id = H + s * np.eye(len(g))
+                self.assertGreater(np.linalg.norm(S_id @ dz + g), 1e-4 * np.linalg.norm(g))
+        # the whitened variables have G_k = I: the Gram shift is the identity shift (plus 1e-8)
+        xs = {}
+        for shift in ("identity", "gram"):
+            out = os.path.join(TMP, "gram-white-" + shift)
+            run(2, "solve", "--data", data, "--x0", data + "/X0.npy", "--y0", data + "/Y0.npy", "--whiten", "on",
+                "--linear-solver", "cholesky", "--shift", shift, "--max-iter", "3", "--out", out, "--quiet")
+            xs[shift] = np.load(out + "/X.npy")
+        self.assertLessEqual(np.abs(xs["gram"] - xs["identity"]).max(), 1e-6 * np.abs(xs["identity"]).max())
 
 
 @unittest.skipUnless(os.path.isdir(REAL), "the real head is not in tests/data/real")

@@ -107,7 +107,7 @@ static int gram_metric(dense *ds, ar_problem p, int N)
 {
   const int d = p->d, m = p->m, dd = d * d;
   ds->G = calloc((size_t)3 * dd, sizeof(double));
-  AR_CHECK(ds->G, AR_ERR_MEM, "out of memory (Gram metric)");
+  AR_CALL(ar_error_agree(p->comm, ds->G ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory (Gram metric)")));
   const double *A[3] = {p->a1, p->a2, p->a3};
   for (int k = 0; k < 3; k++) {
     double *G = ds->G + (size_t)k * dd;
@@ -120,10 +120,9 @@ static int gram_metric(dense *ds, ar_problem p, int N)
   for (int k = 0; k < 3; k++)
     for (int i = 0; i < d; i++) tr[k] += ds->G[(size_t)k * dd + i * d + i];
   const double mean = (tr[0] * tr[1] + (N > dd ? (double)m * tr[2] : 0)) / N;
-  AR_CHECK(mean > 0 && isfinite(mean), AR_ERR_DATA, "--shift gram: the inputs are all zero");
+  AR_CHECK(mean > 0 && isfinite(mean), AR_ERR_DATA, "--shift gram: the inputs are all zero (use --shift identity)");
   for (int i = 0; i < dd; i++) ds->G[i] /= mean, ds->G[2 * dd + i] /= mean;
-  const char *fl = getenv("ATTNREG_GRAM_FLOOR"); /* EXPERIMENT */
-  ds->M = (ar_kron_metric){d, m, ds->G, ds->G + dd, ds->G + 2 * dd, fl ? atof(fl) : GRAM_FLOOR};
+  ds->M = (ar_kron_metric){d, m, ds->G, ds->G + dd, ds->G + 2 * dd, GRAM_FLOOR};
   return AR_OK;
 }
 
@@ -134,19 +133,17 @@ int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, int shift, 
                             ar_stepper **out)
 {
   *out = NULL;
-  ar_stepper *st;
-  AR_MALLOC(st, 1);
-  st->ops = &dense_ops, st->ev = ev, st->N = N, st->res = res;
-  int d;
-  ar_problem_sizes(ar_eval_problem(ev), NULL, &d, NULL);
-  st->dd = d * d;
+  ar_problem p = ar_eval_problem(ev);
+  ar_stepper *st = calloc(1, sizeof *st);
   dense *ds = calloc(1, sizeof *ds);
-  st->impl = ds;
-  *out = st;
-  AR_CHECK(ds, AR_ERR_MEM, "out of memory (dense step)");
+  if (ds) ds->diag = calloc(N, sizeof(double)), ds->shiftv = calloc(N, sizeof(double));
+  if (st) st->ops = &dense_ops, st->impl = ds, *out = st; /* ar_stepper_destroy frees the rest */
+  else if (ds) free(ds->diag), free(ds->shiftv), free(ds);
+  /* one rank short of memory fails them all, before the collective calls below */
+  AR_CALL(ar_error_agree(p->comm, st && ds && ds->diag && ds->shiftv ? AR_OK
+                                                                     : AR_ERROR(AR_ERR_MEM, "out of memory (dense step)")));
+  st->ev = ev, st->N = N, st->res = res, st->dd = p->d * p->d;
   ds->grid = grid, ds->kind = shift;
-  ds->diag = calloc(N, sizeof(double)), ds->shiftv = calloc(N, sizeof(double));
-  AR_CHECK(ds->diag && ds->shiftv, AR_ERR_MEM, "out of memory (dense step)");
-  if (shift == AR_SHIFT_GRAM) AR_CALL(gram_metric(ds, ar_eval_problem(ev), N));
+  if (shift == AR_SHIFT_GRAM) AR_CALL(gram_metric(ds, p, N));
   return ar_dmat_create(grid, N, nb, &ds->H);
 }

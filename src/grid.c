@@ -223,8 +223,9 @@ int ar_dmat_factor_metric(ar_dmat A, double shift, const ar_kron_metric *M, int 
 {
   ar_grid g = A->g;
   const int nb = A->nb, d = M->d;
-  int *rg;
-  AR_MALLOC(rg, 4 * (size_t)(A->locr > 0 ? A->locr : 1));
+  int *rg = malloc(sizeof(int) * 4 * (size_t)(A->locr > 0 ? A->locr : 1));
+  /* agreed: a rank that returned here alone would leave the others in pdpotrf */
+  AR_CALL(ar_error_agree(g->comm, rg ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory (shift metric)")));
   int *rblk = rg + A->locr, *ra = rblk + A->locr, *rb = ra + A->locr;
   for (int li = 0; li < A->locr; li++) {
     rg[li] = ar_bc_global(li, nb, g->pr, g->myrow);

@@ -51,15 +51,15 @@ static int dense_factor(ar_stepper *st, double shift, int *not_pd)
 {
   dense *ds = st->impl;
   const int N = st->N;
+  ds->shift = shift;
+  st->res->flops += share(ds, (double)N * N * N / 3); /* counted in the summary's GFLOP/s */
+  if (ds->kind == AR_SHIFT_GRAM) return ar_dmat_factor_metric(ds->H, shift, &ds->M, not_pd);
   const int scaled = ds->kind == AR_SHIFT_DIAGONAL;
   double mean = 0;
   if (scaled)
     for (int i = 0; i < N; i++) mean += fabs(ds->diag[i]) / N;
   for (int i = 0; i < N; i++) /* Marquardt's scaling, floored so that a zero diagonal keeps a shift */
     ds->shiftv[i] = scaled && mean > 0 ? shift * fmax(fabs(ds->diag[i]), 1e-8 * mean) / mean : shift;
-  ds->shift = shift;
-  st->res->flops += share(ds, (double)N * N * N / 3); /* counted in the summary's GFLOP/s */
-  if (ds->kind == AR_SHIFT_GRAM) return ar_dmat_factor_metric(ds->H, shift, &ds->M, not_pd);
   return ar_dmat_factor_diag(ds->H, shift, ds->shiftv, not_pd);
 }
 
@@ -78,8 +78,10 @@ static int dense_solve(ar_stepper *st, const double *g, double *dz, double *pred
   /* (H + S) dz = -g with S the diagonal shift, so dz.(H + S).dz = -g.dz and the model's
    * decrease is -g.dz/2 + dz.S.dz / 2. */
   double gdz = 0, dsd = 0;
-  for (int i = 0; i < N; i++) gdz += g[i] * dz[i], dsd += ds->shiftv[i] * dz[i] * dz[i];
+  for (int i = 0; i < N; i++) gdz += g[i] * dz[i];
   if (ds->kind == AR_SHIFT_GRAM) dsd = ds->shift * ar_kron_metric_quad(&ds->M, N, dz);
+  else
+    for (int i = 0; i < N; i++) dsd += ds->shiftv[i] * dz[i] * dz[i];
   *pred = -0.5 * gdz + 0.5 * dsd;
   return AR_OK;
 }

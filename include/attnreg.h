@@ -42,7 +42,30 @@ int ar_error_exit_status(int code);         /* not collective: process exit stat
 const char *ar_error_message(void);         /* not collective: last recorded message */
 
 /* ------------------------------------------------------------------------------------------
- * Problem: A1, A2, A3, B distributed by contiguous row blocks (each rank holds only its rows). */
+ * Attention masks (docs/math.md §8): which keys each query row sees.  Packed sequences, like
+ * FlashAttention's cu_seqlens: rows [o_b, o_{b+1}) are sequence b and attend only to the keys
+ * of their own sequence; causal: row i attends to the keys k <= i of its sequence.  The loss
+ * sums over all rows. */
+typedef struct {
+  int64_t nseg;            /* K segments; 0 or 1: one sequence [0, n) (offsets may be NULL) */
+  const int64_t *offsets;  /* K + 1 global offsets 0 = o_0 < o_1 < ... < o_K = n */
+  int causal;
+} ar_mask;
+
+/* Collective: read a segments file (int64 or int32 npy, 1-D, K + 1 offsets, 0 = o_0 < ... <
+ * o_K = n) on rank 0, check it against n and broadcast it: *offsets (caller frees), *nseg = K.
+ * Errors name the file ("segments.npy: offsets must increase strictly (o_3 = 40, o_4 = 40)"). */
+int ar_mask_read_segments(MPI_Comm comm, const char *path, int64_t n, int64_t **offsets, int64_t *nseg);
+/* Not collective: AR_ERR_DATA (naming `what`) unless offsets are 0 = o_0 < ... < o_K = n. */
+int ar_mask_check(const char *what, int64_t n, const int64_t *offsets, int64_t nseg);
+/* Not collective: the global rows rank `rank` of `size` holds for a problem of n rows with
+ * mask m (NULL: none; then the contiguous partition ar_partition), as *nranges sorted ranges
+ * [r[2i], r[2i+1]) (*ranges: caller frees).  docs/layout.md §6. */
+int ar_layout_rows(int64_t n, const ar_mask *m, int size, int rank, int *nranges, int64_t **ranges);
+
+/* ------------------------------------------------------------------------------------------
+ * Problem: A1, A2, A3, B distributed by rows (each rank holds only its rows; which rows:
+ * ar_layout_rows — contiguous blocks without a mask). */
 typedef struct ar_problem_s *ar_problem;
 
 typedef struct {
@@ -54,13 +77,13 @@ typedef struct {
 int ar_data_paths_from_dir(const char *dir, ar_data_paths *paths, char *storage);
 
 /* Collective.  Reads and validates the four files (shapes agree, values finite); each rank
- * reads only its own rows of each (MPI-IO). */
-int ar_problem_load(MPI_Comm comm, const ar_data_paths *paths, ar_problem *prob);
-/* Collective.  Build from arrays already in memory: a1, a2, a3 and b hold this rank's rows
- * [r0, r1) of the partition ar_partition(n, size, rank).  The arrays are copied; a1 == a2 == a3
- * (self-attention) or a2 == a3 are stored once. */
-int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const double *a1_local, const double *a2_local,
-                      const double *a3_local, const double *b_local, ar_problem *prob);
+ * reads only its own rows of each (MPI-IO).  mask: NULL for none (copied). */
+int ar_problem_load(MPI_Comm comm, const ar_data_paths *paths, const ar_mask *mask, ar_problem *prob);
+/* Collective.  Build from arrays already in memory: a1, a2, a3 and b hold this rank's rows,
+ * those of ar_layout_rows(n, mask, size, rank) in their order.  The arrays are copied;
+ * a1 == a2 == a3 (self-attention) or a2 == a3 are stored once. */
+int ar_problem_create(MPI_Comm comm, int64_t n, int d, int m, const ar_mask *mask, const double *a1_local,
+                      const double *a2_local, const double *a3_local, const double *b_local, ar_problem *prob);
 void ar_problem_destroy(ar_problem *prob);  /* not collective; NULLs *prob */
 void ar_problem_sizes(ar_problem prob, int64_t *n, int *d, int *m); /* global */
 double ar_problem_bnorm2(ar_problem prob);  /* global: ||B||_F^2 */
@@ -69,6 +92,23 @@ int ar_problem_input_norms(ar_problem prob, double *a1, double *a2);
 /* Global: a 64-bit fingerprint of (n, d, m, A1, A2, A3, B), independent of the rank count
  * (a sum of per-entry hashes), used to tie a checkpoint to its data. */
 uint64_t ar_problem_hash(ar_problem prob);
+/* Global: a fingerprint of the mask (0 without one: segments [0, n) and not causal). */
+uint64_t ar_problem_mask_hash(ar_problem prob);
+/* Global: the mask (offsets owned by the problem; nseg = 1 without segments). */
+ar_mask ar_problem_mask(ar_problem prob);
+
+/* Facts of a problem's layout and mask for reports, global (the same on every rank). */
+typedef struct {
+  int64_t nseg;         /* segments (1: one sequence) */
+  int causal, masked;   /* masked: segments or causal */
+  int groups;           /* rings of ranks that exchange key blocks (1 without a mask) */
+  int max_group;        /* ranks in the largest one */
+  int zigzag;           /* a causal segment is laid out in zigzag pieces */
+  int64_t rows_max;     /* rows of the most loaded rank */
+  double pairs;         /* unmasked query-key pairs of the whole problem (n^2 without a mask) */
+  double pairs_max, pairs_avg; /* ... of one rank: its largest and the average */
+} ar_layout_info;
+void ar_problem_layout_info(ar_problem prob, ar_layout_info *info); /* not collective */
 
 /* Contiguous row partition of n rows over size ranks: rank gets [*r0, *r1).  Not collective. */
 void ar_partition(int64_t n, int size, int rank, int64_t *r0, int64_t *r1);
@@ -185,6 +225,17 @@ typedef struct {
   double t_ring;         /* local seconds waiting for key/value blocks of the ring */
 } ar_eval_out;
 
+/* What one trip over the key blocks computes (masked problems skip what the mask hides):
+ * global except where it says "this rank". */
+typedef struct {
+  double boxes;            /* this rank: GEMM boxes (tiles cut to the rows and keys the mask leaves) */
+  double area, pairs;      /* this rank: logits computed (box area); unmasked query-key pairs */
+  double area_max, area_avg; /* over the ranks */
+  double step_efficiency;  /* over the steps of this rank's ring: sum of the average area a step
+                              over sum of the largest (1: every member equally busy at every step) */
+  double pairs_total;      /* unmasked pairs of the whole problem */
+} ar_eval_work;
+
 /* Collective: the evaluator of prob: tiles, chunks, the ring, work arrays (docs/layout.md). */
 int ar_eval_create(ar_problem prob, const ar_eval_options *opt, ar_eval *ev);
 void ar_eval_destroy(ar_eval *ev);
@@ -193,6 +244,7 @@ int64_t ar_eval_chunk(ar_eval ev);                   /* global: key rows per chu
 ar_problem ar_eval_problem(ar_eval ev);              /* global: the problem it evaluates */
 void ar_eval_set_progress(ar_eval ev, ar_progress *p); /* not collective: report tiles done to p */
 void ar_eval_ridge(ar_eval ev, double *lambda_x, double *lambda_y); /* global: the ridge weights */
+void ar_eval_work_info(ar_eval ev, ar_eval_work *w); /* not collective (computed at creation) */
 /* Collective: L at z (global X, Y); grad if out->grad != NULL; Hessian of kind hk into
  * out->hess if hk != AR_HESS_NONE (out->hess must be a D x D ar_dmat). */
 int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, ar_eval_out *out);

@@ -39,7 +39,7 @@ int ar_cli_load_problem(MPI_Comm comm, const ar_common_cfg *c, ar_problem *prob)
 {
   ar_data_paths ps;
   AR_CALL(data_paths(comm, c, &ps));
-  return ar_problem_load(comm, &ps, prob);
+  return ar_problem_load(comm, &ps, NULL, prob);
 }
 
 int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_rank_gb, int hessian, int *ls)

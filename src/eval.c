@@ -53,6 +53,12 @@ int ar_eval_options_check(const ar_eval_options *o)
   return AR_OK;
 }
 
+/* A box: rows [j0, j0 + r) against block keys [k0, k0 + kr); partial: some entries masked. */
+struct ar_box_s {
+  int64_t j0, r, k0, kr;
+  int partial;
+};
+
 static int eval_alloc(ar_eval ev)
 {
   ar_problem p = ev->p;
@@ -93,8 +99,116 @@ static int eval_alloc(ar_eval ev)
   WORK(ev->sums, 1 + 2 * d * d + d * m);
   WORK(ev->at, d * d + d * m);
 #undef WORK
+  if (!err && p->masked) {
+    ev->blk_lo = ar_work_alloc(sizeof(int64_t) * (size_t)(nl > 0 ? nl : 1));
+    ev->blk_hi = ar_work_alloc(sizeof(int64_t) * (size_t)(nl > 0 ? nl : 1));
+    ev->boxes = ar_work_alloc(sizeof(struct ar_box_s) * (size_t)t);
+    if (!ev->blk_lo || !ev->blk_hi || !ev->boxes) err = AR_ERROR(AR_ERR_MEM, "out of memory (mask bounds)");
+  }
   return err;
 }
+
+/* ---- the mask (docs/math.md §8, docs/layout.md §6) */
+
+/* Rows of a block (sorted ranges of global rows) below global row x. */
+static int64_t rows_below(const int64_t *rg, int nr, int64_t x)
+{
+  int64_t c = 0;
+  for (int i = 0; i < nr && x > rg[2 * i]; i++) c += (x < rg[2 * i + 1] ? x : rg[2 * i + 1]) - rg[2 * i];
+  return c;
+}
+
+/* The keys each local row may see in the block of ring member `owner`, block-local. */
+static void block_bounds(ar_eval ev, int owner)
+{
+  ar_problem p = ev->p;
+  const int64_t *rg;
+  const int nr = ar_problem_rank_ranges(p, p->layout.group_first[p->layout.group[p->rank]] + owner, &rg);
+  for (int64_t j = 0; j < p->nloc; j++)
+    ev->blk_lo[j] = rows_below(rg, nr, p->key_lo[j]), ev->blk_hi[j] = rows_below(rg, nr, p->key_hi[j]);
+}
+
+/* The boxes of tile rows [j0, j0 + r) against block keys [c0, c1): the rows whose keys meet
+ * the chunk, in runs that are cut where a box would hold more than twice as many entries as
+ * unmasked ones (FlashAttention's diagonal tiles are at that ratio), or at a row that sees
+ * nothing here.  Returns how many (at most r). */
+static int tile_boxes(ar_eval ev, int64_t j0, int64_t r, int64_t c0, int64_t c1, struct ar_box_s *bx)
+{
+  int nb = 0;
+  int64_t j = j0;
+  const int64_t end = j0 + r;
+  while (j < end) {
+    int64_t lo = ev->blk_lo[j] > c0 ? ev->blk_lo[j] : c0, hi = ev->blk_hi[j] < c1 ? ev->blk_hi[j] : c1;
+    if (lo >= hi) {
+      j++;
+      continue;
+    }
+    int64_t a = j++, bl = lo, bh = hi;
+    double un = (double)(hi - lo);
+    int partial = 0;
+    while (j < end) {
+      const int64_t l2 = ev->blk_lo[j] > c0 ? ev->blk_lo[j] : c0, h2 = ev->blk_hi[j] < c1 ? ev->blk_hi[j] : c1;
+      if (l2 >= h2) break;
+      const int64_t nl = l2 < bl ? l2 : bl, nh = h2 > bh ? h2 : bh, rows = j - a + 1;
+      if (rows > 8 && (double)rows * (double)(nh - nl) > 2 * (un + (double)(h2 - l2))) break;
+      partial |= nl != bl || nh != bh || l2 != nl || h2 != nh;
+      bl = nl, bh = nh, un += (double)(h2 - l2), j++;
+    }
+    bx[nb++] = (struct ar_box_s){a, j - a, bl, bh - bl, partial};
+  }
+  return nb;
+}
+
+/* Collective: what a trip computes, from the mask alone (no data): boxes, their area, the
+ * unmasked pairs, and how evenly the ring's members share each step. */
+static int dry_run(ar_eval ev)
+{
+  ar_problem p = ev->p;
+  ar_eval_work *w = &ev->work;
+  const int G = p->ring_size;
+  double *step = calloc((size_t)G * 2 + 2, sizeof(double));
+  int err = step ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory");
+  ar_layout_info li;
+  ar_problem_layout_info(p, &li);
+  w->pairs = p->pairs, w->pairs_total = li.pairs;
+  ev->units_trip = 0;
+  const int64_t *brows = p->layout.rows + p->layout.group_first[p->layout.group[p->rank]];
+  for (int s = 0; s < G && !err; s++) {
+    const int owner = (p->ring_rank - s + G) % G; /* the block in hand at step s */
+    if (!p->masked) {
+      const double tiles = ceil((double)p->nloc / ev->tile), chunks = ceil((double)brows[owner] / ev->chunk);
+      step[s] = (double)p->nloc * brows[owner];
+      w->boxes += tiles * chunks, ev->units_trip += tiles * chunks;
+      continue;
+    }
+    block_bounds(ev, owner);
+    for (int64_t c0 = 0; c0 < brows[owner]; c0 += ev->chunk) {
+      const int64_t c1 = c0 + ev->chunk < brows[owner] ? c0 + ev->chunk : brows[owner];
+      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
+        const int nb = tile_boxes(ev, j0, p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile, c0, c1, ev->boxes);
+        for (int b = 0; b < nb; b++) step[s] += (double)ev->boxes[b].r * ev->boxes[b].kr;
+        w->boxes += nb, ev->units_trip += nb > 0;
+      }
+    }
+  }
+  for (int s = 0; s < G; s++) w->area += step[s];
+  if (!err) { /* over the ring's steps: the largest and the summed area of each */
+    memcpy(step + G, step, sizeof(double) * G);
+    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, step, G, MPI_DOUBLE, MPI_MAX, p->ring));
+    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, step + G, G, MPI_DOUBLE, MPI_SUM, p->ring));
+    double smax = 0, savg = 0;
+    for (int s = 0; s < G; s++) smax += step[s], savg += step[G + s] / G;
+    w->step_efficiency = smax > 0 ? savg / smax : 1;
+    double a[2] = {w->area, w->area};
+    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, a, 1, MPI_DOUBLE, MPI_MAX, p->comm));
+    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, a + 1, 1, MPI_DOUBLE, MPI_SUM, p->comm));
+    w->area_max = a[0], w->area_avg = a[1] / p->size;
+  }
+  free(step);
+  return err;
+}
+
+void ar_eval_work_info(ar_eval ev, ar_eval_work *w) { *w = ev->work; }
 
 int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
 {
@@ -112,7 +226,7 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
     ev->width = p->a3 == p->a2 ? d : 2 * d;
     ev->ld_fwd = 2 * d + d * d, ev->ld_bwd = d + ev->npair;
     ar_plan_tiles(p->n, d, m, p->size, opt->tile, opt->chunk, opt->tile_mem_mb, &ev->tile, &ev->chunk);
-    ev->fused = p->size == 1 && ev->chunk >= p->n;
+    ev->fused = p->size == 1 && ev->chunk >= p->n && !p->masked;
     ev->parts.d = d, ev->parts.m = m, ev->parts.npair = ev->npair;
     /* every BLAS dimension and leading dimension must fit in an int */
     const double big = (double)ev->tile * ev->chunk + (double)ev->chunk * ev->ld_fwd + (double)d * m * d * d;
@@ -120,14 +234,12 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
       err = AR_ERROR(AR_ERR_DATA, "tiles too large for 32-bit BLAS indices (tile %lld x %lld, d=%d m=%d)",
                      (long long)ev->tile, (long long)ev->chunk, d, m);
   }
-  if (!err) err = ar_ring_create(p->comm, p->n, ev->width, &ev->ring);
-  if (!err) err = eval_alloc(ev);
+  err = ar_error_agree(p->comm, err);
   if (!err)
-    for (int b = 0; b < p->size; b++) { /* chunks in one trip of the ring */
-      int64_t r0, r1;
-      ar_partition(p->n, p->size, b, &r0, &r1);
-      ev->nchunks += ceil((double)(r1 - r0) / ev->chunk);
-    }
+    err = ar_ring_create(p->ring, p->layout.rows + p->layout.group_first[p->layout.group[p->rank]], ev->width,
+                         &ev->ring);
+  if (!err) err = ar_error_agree(p->comm, eval_alloc(ev));
+  if (!err) err = dry_run(ev);
   if (!err && ev->kv_own) {
     const int d = p->d;
     for (int64_t j = 0; j < p->nloc; j++)
@@ -148,6 +260,7 @@ void ar_eval_destroy(ar_eval *pev)
                     ev->alpha, ev->Npair, ev->Kpair, ev->a1c, ev->a1p, ev->parts.hpair, ev->parts.t1,
                     ev->parts.t2, ev->parts.ptp, ev->sums, ev->at};
   for (size_t i = 0; i < sizeof work / sizeof work[0]; i++) ar_work_free(work[i]);
+  ar_work_free(ev->blk_lo), ar_work_free(ev->blk_hi), ar_work_free(ev->boxes);
   ar_hess_parts_free(&ev->parts);
   ar_hessvec_free(ev);
   ar_ring_destroy(&ev->ring);
@@ -169,7 +282,7 @@ static void begin_units(ar_eval ev, int want_grad, int want_hess)
 {
   const double ntiles = ceil((double)ev->p->nloc / ev->tile);
   ev->units_done = 0;
-  ev->units_total = ev->fused ? ntiles : (want_grad ? 2 : 1) * ev->nchunks * ntiles;
+  ev->units_total = ev->fused ? ntiles : (want_grad ? 2 : 1) * ev->units_trip;
   if (want_hess) ev->units_total += ntiles;
   if (ev->units_total < 1) ev->units_total = 1;
 }
@@ -300,13 +413,29 @@ int ar_eval_trip(ar_trip *t)
   AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
   while (ar_ring_active(ev->ring)) {
     int64_t first, rows;
-    const double *block = ar_ring_block(ev->ring, &first, &rows);
+    int owner;
+    const double *block = ar_ring_block(ev->ring, &first, &rows, &owner);
+    if (p->masked) block_bounds(ev, owner);
     for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk) {
       const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
       const double *kv = block + c0 * ev->width;
-      if (t->chunk) t->chunk(t, kv, cr);
+      int chunk_ready = 0;
       for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-        t->tile(t, j0, p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile, kv, cr);
+        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
+        if (!p->masked) {
+          if (!chunk_ready && t->chunk) t->chunk(t, kv, cr);
+          chunk_ready = 1, ev->box_kb = c0, ev->box_partial = 0;
+          t->tile(t, j0, r, 0, kv, cr);
+        } else {
+          const int nb = tile_boxes(ev, j0, r, c0, c0 + cr, ev->boxes);
+          for (int b = 0; b < nb; b++) { /* a chunk no box needs costs nothing, not even its tables */
+            const struct ar_box_s *x = &ev->boxes[b];
+            if (!chunk_ready && t->chunk) t->chunk(t, kv, cr);
+            chunk_ready = 1, ev->box_kb = x->k0, ev->box_partial = x->partial;
+            t->tile(t, x->j0, x->r, x->k0 - c0, block + x->k0 * ev->width, x->kr);
+          }
+          if (nb == 0) continue;
+        }
         ar_ring_progress(ev->ring);
         ar_eval_tick(ev);
       }
@@ -320,6 +449,13 @@ void ar_eval_logits(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64_t
 {
   const int d = ev->p->d;
   ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, cr, flops);
+  if (ev->box_partial) /* the keys a row may not see: -inf, so that their exponentials are 0 */
+    for (int64_t j = 0; j < r; j++) {
+      double *row = ev->scores + j * cr;
+      const int64_t lo = ev->blk_lo[j0 + j] - ev->box_kb, hi = ev->blk_hi[j0 + j] - ev->box_kb;
+      for (int64_t l = 0; l < lo && l < cr; l++) row[l] = -INFINITY;
+      for (int64_t l = hi > 0 ? hi : 0; l < cr; l++) row[l] = -INFINITY;
+    }
   if (probs) ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
 }
 
@@ -336,7 +472,7 @@ static void fwd_chunk(ar_trip *t, const double *kv, int64_t cr)
   f->T = fwd_operand(t->ev, kv, cr, f->lda, &f->ldt);
 }
 
-static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
   fwd_trip *f = (fwd_trip *)t;
   ar_eval ev = t->ev;
@@ -346,8 +482,8 @@ static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_
   for (int64_t j = 0; j < r; j++)
     if (ev->rescale[j] != 1.0)
       for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
-  ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, f->T, f->ldt, 1.0, ev->fwd + j0 * lda, lda,
-          t->flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, f->T + k0 * f->ldt, f->ldt, 1.0,
+          ev->fwd + j0 * lda, lda, t->flops);
 }
 
 static int forward_trip(ar_eval ev, int lda, double *flops)
@@ -381,11 +517,11 @@ static void bwd_chunk(ar_trip *t, const double *kv, int64_t cr)
   ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, b->Y, m, 0.0, ev->vals, m, t->flops);
 }
 
-static void bwd_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+static void bwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
   bwd_trip *b = (bwd_trip *)t;
   ar_eval_logits(t->ev, j0, r, kv, cr, 1, t->flops);
-  backward_tile(t->ev, j0, r, t->ev->vals, cr, b->T, b->ldt, b->ldb, 1.0, t->flops);
+  backward_tile(t->ev, j0, r, t->ev->vals + k0 * t->ev->p->m, cr, b->T + k0 * b->ldt, b->ldt, b->ldb, 1.0, t->flops);
 }
 
 static int backward_trip(ar_eval ev, const double *Y, int ldb, double *flops)

@@ -40,10 +40,18 @@ struct ar_eval_s {
   ar_hess_parts parts;
   double *sums;             /* reduced: L, grad_X, grad_Y, P^T P */
   ar_progress *prog;        /* tiles done / tiles to do of the evaluation in progress */
+  /* the mask (docs/math.md §8): a tile against a chunk is cut into boxes of the rows whose keys
+   * meet the chunk, and the keys they may see; entries outside a row's keys become -inf */
+  int64_t *blk_lo, *blk_hi; /* per local row: its keys [lo, hi) in the block in hand (block-local) */
+  struct ar_box_s *boxes;   /* a tile's boxes */
+  int64_t box_kb;           /* the box being computed: its first key (block-local) */
+  int box_partial;          /* ... holds masked entries */
+  ar_eval_work work;        /* what a trip does here and over the ranks (dry run at creation) */
+  double units_trip;        /* progress units (tiles with work) of one trip */
   double *at;               /* the point (X, Y) the per-row state belongs to */
   int at_valid, at_lda;     /* ... whether it holds C and fu, and fwd's row stride */
   struct ar_hessvec_s *hv;  /* Hessian-vector work arrays (hessvec.c), made at the first product */
-  double units_done, units_total, nchunks;
+  double units_done, units_total;
 };
 
 static inline void ar_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha,
@@ -71,11 +79,14 @@ typedef struct ar_trip_s {
   ar_eval ev;
   double *flops;
   void (*chunk)(struct ar_trip_s *t, const double *kv, int64_t cr); /* may be NULL */
-  void (*tile)(struct ar_trip_s *t, int64_t j0, int64_t r, const double *kv, int64_t cr);
+  /* rows [j0, j0 + r) against the keys kv (cr rows) that start k0 rows into the chunk (k0 > 0
+   * only for a box of a masked tile: chunk tables are offset by k0) */
+  void (*tile)(struct ar_trip_s *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr);
 } ar_trip;
 int ar_eval_trip(ar_trip *t); /* collective */
-/* Not collective: the logits S = (A1 X) A2^T of rows [j0, j0 + r) against a chunk, into
- * ev->scores (r x cr); with probs, F = exp(S - lse) from the saved log-sum-exp. */
+/* Not collective: the logits S = (A1 X) A2^T of rows [j0, j0 + r) against a chunk (the box in
+ * hand, masked entries -inf), into ev->scores (r x cr); with probs, F = exp(S - lse) from the
+ * saved log-sum-exp (masked entries exactly 0). */
 void ar_eval_logits(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64_t cr, int probs, double *flops);
 /* Not collective: release the Hessian-vector work arrays (hessvec.c). */
 void ar_hessvec_free(ar_eval ev);

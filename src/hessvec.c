@@ -90,7 +90,7 @@ static void tile_f_ds(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64
 }
 
 /* Trip A: dP = (F o dS) A3 - sigma p, accumulated in pdot (and sigma). */
-static void a_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+static void a_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
   ar_eval ev = t->ev;
   struct ar_hessvec_s *h = ev->hv;
@@ -150,25 +150,26 @@ static void b_chunk(ar_trip *t, const double *kv, int64_t cr)
   if (b->exact) ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, b->dY, m, 0.0, ev->hv->vdot, m, t->flops);
 }
 
-static void b_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+static void b_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
   b_trip *b = (b_trip *)t;
   ar_eval ev = t->ev;
   struct ar_hessvec_s *h = ev->hv;
   const int d = ev->p->d, m = ev->p->m;
+  const double *vals = ev->vals + k0 * m, *vdot = h->vdot + k0 * m;
   const double *C = ev->resid + j0 * m, *dC = h->cdot + j0 * m;
   double *U = ev->cvt, *G = h->sdot;
   if (b->exact) {
     tile_f_ds(ev, j0, r, kv, cr, t->flops);
-    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, ev->vals, m, 0.0, U, cr, t->flops);
+    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, vals, m, 0.0, U, cr, t->flops);
     for (int64_t j = 0; j < r; j++) { /* G = dF o (U - fu) */
       const double sg = h->sig[j0 + j], fu = ev->fu[j0 + j];
       const double *f = ev->scores + j * cr, *u = U + j * cr;
       double *g = G + j * cr;
       for (int64_t l = 0; l < cr; l++) g[l] = f[l] * (g[l] - sg) * (u[l] - fu);
     }
-    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, ev->vals, m, 0.0, U, cr, t->flops);
-    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, h->vdot, m, 1.0, U, cr, t->flops);
+    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, vals, m, 0.0, U, cr, t->flops);
+    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, vdot, m, 1.0, U, cr, t->flops);
     for (int64_t j = 0; j < r; j++) { /* G += F o (dU - dfu) */
       const double dfu = h->fudot[j0 + j];
       const double *f = ev->scores + j * cr, *u = U + j * cr;
@@ -177,7 +178,7 @@ static void b_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t 
     }
   } else {
     ar_eval_logits(ev, j0, r, kv, cr, 1, t->flops);
-    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, ev->vals, m, 0.0, U, cr, t->flops);
+    ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, vals, m, 0.0, U, cr, t->flops);
     for (int64_t j = 0; j < r; j++) { /* G = F o (dC V^T - fu') */
       const double fu = h->fudot[j0 + j];
       const double *f = ev->scores + j * cr, *u = U + j * cr;
@@ -241,13 +242,13 @@ static void pre_chunk(ar_trip *t, const double *kv, int64_t cr)
   }
 }
 
-static void pre_tile(ar_trip *t, int64_t j0, int64_t r, const double *kv, int64_t cr)
+static void pre_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
   ar_eval ev = t->ev;
   const int ld = ev->p->d + ev->p->d * ev->p->m;
   ar_eval_logits(ev, j0, r, kv, cr, 1, t->flops);
-  ar_gemm(CblasNoTrans, CblasNoTrans, r, ld, cr, 1.0, ev->scores, cr, ev->hv->tab_pre, ld, 1.0, ev->hv->kf + j0 * ld,
-          ld, t->flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, ld, cr, 1.0, ev->scores, cr, ev->hv->tab_pre + k0 * ld, ld, 1.0,
+          ev->hv->kf + j0 * ld, ld, t->flops);
 }
 
 /* The Kronecker model of the X block, H_xx = sum_j (a1_j a1_j^T) (x) N_j ~ G1 (x) Nbar with

@@ -110,7 +110,8 @@ static int get_dim(cursor *c, int64_t *v)
 #define MALFORMED(cond, what) \
   AR_CHECK(cond, AR_ERR_DATA, "%s: malformed npy header (%s at byte %td)", name, what, c.p - c.start)
 
-int ar_npy_parse_header(const char *buf, size_t len, const char *name, ar_npy_header *h)
+/* allow_int: also little-endian int64/int32 (h->integer = 1), for segment offsets. */
+static int parse_header(const char *buf, size_t len, const char *name, ar_npy_header *h, int allow_int)
 {
   size_t pre;
   uint64_t hlen;
@@ -165,7 +166,12 @@ int ar_npy_parse_header(const char *buf, size_t len, const char *name, ar_npy_he
   for (int k = 0; k < 3; k++)
     AR_CHECK(seen[k], AR_ERR_DATA, "%s: npy header lacks the key '%s'", name, keys[k]);
 
-  int es = !strcmp(descr, "<f8") ? 8 : !strcmp(descr, "<f4") ? 4 : 0;
+  int es = !strcmp(descr, "<f8") ? 8 : !strcmp(descr, "<f4") ? 4 : 0, integer = 0;
+  if (!es && allow_int && (!strcmp(descr, "<i8") || !strcmp(descr, "<i4")))
+    es = descr[2] - '0', integer = 1;
+  AR_CHECK(es || !allow_int || !((descr[0] == '>' || descr[0] == '!') && (descr[1] == 'i')), AR_ERR_DATA,
+           "%s: dtype '%s' is big-endian; need little-endian int64 or int32", name, descr);
+  AR_CHECK(es || !allow_int, AR_ERR_DATA, "%s: dtype '%s' is not supported (need int64 or int32)", name, descr);
   AR_CHECK(es || !((descr[0] == '>' || descr[0] == '!') && (!strcmp(descr + 1, "f8") || !strcmp(descr + 1, "f4"))),
            AR_ERR_DATA, "%s: dtype '%s' is big-endian; only little-endian float64/float32 are supported", name,
            descr);
@@ -178,8 +184,13 @@ int ar_npy_parse_header(const char *buf, size_t len, const char *name, ar_npy_he
            AR_ERR_DATA, "%s: shape (%lld, %lld) is too large", name, (ll)dims[0], (ll)dims[1]);
   memset(h, 0, sizeof *h); /* padding too: headers are broadcast and compared as bytes */
   h->rows = dims[0], h->cols = dims[1], h->ndim = ndim, h->fortran_order = fortran;
-  h->elem_size = es, h->data_offset = off;
+  h->elem_size = es, h->data_offset = off, h->integer = integer;
   return AR_OK;
+}
+
+int ar_npy_parse_header(const char *buf, size_t len, const char *name, ar_npy_header *h)
+{
+  return parse_header(buf, len, name, h, 0);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -188,7 +199,7 @@ int ar_npy_parse_header(const char *buf, size_t len, const char *name, ar_npy_he
 static const char *dtype_name(int es) { return es == 8 ? "float64" : "float32"; }
 
 /* Read and check the header of an open file: regular, non-empty, npy, holds all its data. */
-static int read_header_stdio(FILE *f, const char *path, ar_npy_header *h)
+static int read_header_stdio(FILE *f, const char *path, ar_npy_header *h, int allow_int)
 {
   struct stat st;
   AR_CHECK(fstat(fileno(f), &st) == 0, AR_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
@@ -208,7 +219,7 @@ static int read_header_stdio(FILE *f, const char *path, ar_npy_header *h)
   char *buf;
   AR_MALLOC(buf, pre + hlen);
   int err = fseeko(f, 0, SEEK_SET) == 0 && fread(buf, 1, pre + hlen, f) == pre + hlen
-                ? ar_npy_parse_header(buf, pre + hlen, path, h)
+                ? parse_header(buf, pre + hlen, path, h, allow_int)
                 : AR_ERROR(AR_ERR_IO, "%s: read error: %s", path, strerror(errno));
   free(buf);
   AR_CALL(err);
@@ -245,13 +256,17 @@ static void to_doubles(const char *src, int es, int fortran, int64_t nloc, int64
   }
 }
 
-/* First non-finite value of a row-major block holding global rows [r0, r0 + nloc). */
-static int check_finite(const char *path, const double *a, int64_t nloc, int64_t cols, int64_t r0)
+/* First non-finite value of a row-major block holding the global rows of nr ranges
+ * [rg[2i], rg[2i+1]) one after another. */
+static int check_finite(const char *path, const double *a, int64_t cols, int nr, const int64_t *rg)
 {
-  for (int64_t k = 0; k < nloc * cols; k++)
-    if (!isfinite(a[k]))
-      return AR_ERROR(AR_ERR_DATA, "%s: non-finite value (%s) at row %lld, column %lld", path,
-                      isnan(a[k]) ? "nan" : a[k] > 0 ? "inf" : "-inf", (ll)(r0 + k / cols), (ll)(k % cols));
+  int64_t k = 0;
+  for (int i = 0; i < nr; i++)
+    for (int64_t g = rg[2 * i]; g < rg[2 * i + 1]; g++)
+      for (int64_t c = 0; c < cols; c++, k++)
+        if (!isfinite(a[k]))
+          return AR_ERROR(AR_ERR_DATA, "%s: non-finite value (%s) at row %lld, column %lld", path,
+                          isnan(a[k]) ? "nan" : a[k] > 0 ? "inf" : "-inf", (ll)g, (ll)c);
   return AR_OK;
 }
 
@@ -309,7 +324,7 @@ int ar_npy_read_header(MPI_Comm comm, const char *path, ar_npy_header *h)
     FILE *f = fopen(path, "rb");
     if (!f) err = AR_ERROR(AR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     else {
-      err = read_header_stdio(f, path, h);
+      err = read_header_stdio(f, path, h, 0);
       fclose(f);
     }
   }
@@ -321,14 +336,27 @@ int ar_npy_read_header(MPI_Comm comm, const char *path, ar_npy_header *h)
 int ar_npy_read_rows(MPI_Comm comm, const char *path, const ar_npy_header *h, int64_t r0, int64_t r1,
                      double *out)
 {
-  const int64_t nloc = r1 - r0, cols = h->cols;
+  const int64_t rg[2] = {r0, r1};
+  return ar_npy_read_ranges(comm, path, h, 1, rg, out);
+}
+
+int ar_npy_read_ranges(MPI_Comm comm, const char *path, const ar_npy_header *h, int nr, const int64_t *rg,
+                       double *out)
+{
+  const int64_t cols = h->cols;
   const int es = h->elem_size, fortran = h->fortran_order && cols > 1;
-  int err = AR_OK;
+  int64_t nloc = 0;
+  int err = AR_OK, nblocks = 0;
   char *raw = NULL;
-  if (r0 < 0 || r1 < r0 || r1 > h->rows)
-    err = AR_ERROR(AR_ERR_INTERNAL, "%s: rows [%lld, %lld) out of range (the file has %lld)", path, (ll)r0,
-                   (ll)r1, (ll)h->rows);
-  else if (nloc > INT_MAX || cols > INT_MAX || (fortran && h->rows > INT_MAX))
+  for (int i = 0; i < nr && !err; i++) {
+    if (rg[2 * i] < 0 || rg[2 * i + 1] < rg[2 * i] || rg[2 * i + 1] > h->rows || (i > 0 && rg[2 * i] < rg[2 * i - 1]))
+      err = AR_ERROR(AR_ERR_INTERNAL, "%s: rows [%lld, %lld) out of range or order (the file has %lld)", path,
+                     (ll)rg[2 * i], (ll)rg[2 * i + 1], (ll)h->rows);
+    nloc += rg[2 * i + 1] - rg[2 * i];
+    nblocks += rg[2 * i + 1] > rg[2 * i];
+  }
+  if (err) {
+  } else if (nloc > INT_MAX || cols > INT_MAX || (fortran && (h->rows > INT_MAX || (int64_t)nblocks * cols > INT_MAX)))
     err = AR_ERROR(AR_ERR_DATA, "%s: %lld x %lld (of %lld rows) is too large for MPI-IO (INT_MAX rows or columns)",
                    path, (ll)nloc, (ll)cols, (ll)h->rows);
   else if (fortran && nloc > 0 && !(raw = malloc((size_t)(nloc * cols * es))))
@@ -348,17 +376,27 @@ int ar_npy_read_rows(MPI_Comm comm, const char *path, const ar_npy_header *h, in
   MPI_Offset disp = h->data_offset;
   int count = 0;
   if (nloc > 0 && cols > 0) {
+    /* the file view: the blocks of rows, in file order (C order: whole rows; Fortran order:
+     * for every column, the ranges' stretches of it) */
+    const int nb = fortran ? (int)(nblocks * cols) : nblocks;
+    int *len = malloc(sizeof(int) * (size_t)nb);
+    MPI_Aint *at = malloc(sizeof(MPI_Aint) * (size_t)nb);
+    if (!len || !at) err = AR_ERROR(AR_ERR_MEM, "out of memory (file view of %d blocks)", nb);
+    int b = 0;
+    for (int64_t c = 0; !err && c < (fortran ? cols : 1); c++)
+      for (int i = 0; i < nr; i++)
+        if (rg[2 * i + 1] > rg[2 * i]) {
+          len[b] = (int)((rg[2 * i + 1] - rg[2 * i]) * (fortran ? 1 : cols));
+          at[b++] = (MPI_Aint)((fortran ? c * h->rows + rg[2 * i] : rg[2 * i] * cols) * es);
+        }
     count = (int)nloc;
-    err = mpi_fail(MPI_Type_contiguous((int)cols, etype, &rowtype), path, "row type");
+    if (!err) err = mpi_fail(MPI_Type_contiguous((int)cols, etype, &rowtype), path, "row type");
     if (!err) err = mpi_fail(MPI_Type_commit(&rowtype), path, "row type");
-    if (fortran && !err) { /* column-major global rows x cols; select rows [r0, r1), all columns */
-      int sizes[2] = {(int)h->rows, (int)cols}, sub[2] = {(int)nloc, (int)cols}, start[2] = {(int)r0, 0};
-      err = mpi_fail(MPI_Type_create_subarray(2, sizes, sub, start, MPI_ORDER_FORTRAN, etype, &ftype), path, "view");
-      if (!err) err = mpi_fail(MPI_Type_commit(&ftype), path, "view");
-    } else {
-      disp += r0 * cols * es;
-    }
+    if (!err) err = mpi_fail(MPI_Type_create_hindexed(nb, len, at, etype, &ftype), path, "view");
+    if (!err) err = mpi_fail(MPI_Type_commit(&ftype), path, "view");
+    free(len), free(at);
   }
+  err = ar_error_agree(comm, err);
   if (!err) err = mpi_fail(MPI_File_set_view(fh, disp, etype, ftype, "native", MPI_INFO_NULL), path, "cannot set view");
   if (!(err = ar_error_agree(comm, err))) {
     MPI_Status st;
@@ -374,10 +412,48 @@ int ar_npy_read_rows(MPI_Comm comm, const char *path, const ar_npy_header *h, in
   if (!err) err = cerr;
   if (!err && count > 0) {
     to_doubles(fortran ? raw : (const char *)out, es, fortran, nloc, cols, out);
-    err = check_finite(path, out, nloc, cols, r0);
+    err = check_finite(path, out, cols, nr, rg);
   }
   free(raw);
   return ar_error_agree(comm, err);
+}
+
+int ar_npy_read_int64(const char *path, ar_npy_header *h, int64_t **a)
+{
+  *a = NULL;
+  FILE *f = fopen(path, "rb");
+  AR_CHECK(f, AR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  int err = read_header_stdio(f, path, h, 1);
+  if (!err && !h->integer) err = AR_ERROR(AR_ERR_DATA, "%s: dtype is float%d; need int64 or int32", path, 8 * h->elem_size);
+  const int64_t n = err ? 0 : h->rows * h->cols;
+  int64_t *out = NULL;
+  if (!err && n > (INT64_MAX / 8)) err = AR_ERROR(AR_ERR_DATA, "%s: array too large", path);
+  if (!err && !(out = malloc(n ? (size_t)n * 8 : 1)))
+    err = AR_ERROR(AR_ERR_MEM, "out of memory allocating %lld bytes", (ll)n * 8);
+  if (!err && (fseeko(f, (off_t)h->data_offset, SEEK_SET) != 0 ||
+               fread(out, (size_t)h->elem_size, (size_t)n, f) != (size_t)n))
+    err = AR_ERROR(AR_ERR_IO, "%s: read error: %s", path, ferror(f) ? strerror(errno) : "unexpected end of file");
+  fclose(f);
+  if (!err && h->elem_size == 4)
+    for (int64_t k = n; k-- > 0;) { /* widen in place, from the end */
+      int32_t v;
+      memcpy(&v, (const char *)out + 4 * k, 4);
+      out[k] = v;
+    }
+  if (!err && h->fortran_order && h->cols > 1) { /* to row-major */
+    int64_t *t = malloc((size_t)n * 8);
+    if (!t) err = AR_ERROR(AR_ERR_MEM, "out of memory");
+    for (int64_t i = 0; !err && i < h->rows; i++)
+      for (int64_t j = 0; j < h->cols; j++) t[i * h->cols + j] = out[j * h->rows + i];
+    if (!err) memcpy(out, t, (size_t)n * 8);
+    free(t);
+  }
+  if (err) {
+    free(out);
+    return err;
+  }
+  *a = out;
+  return AR_OK;
 }
 
 int ar_npy_write_rows(MPI_Comm comm, const char *path, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
@@ -433,7 +509,7 @@ int ar_npy_read(const char *path, ar_npy_header *h, double **a)
   *a = NULL;
   FILE *f = fopen(path, "rb");
   AR_CHECK(f, AR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-  int err = read_header_stdio(f, path, h);
+  int err = read_header_stdio(f, path, h, 0);
   const int64_t n = h->rows * h->cols;
   const int fortran = h->fortran_order && h->cols > 1;
   double *out = NULL;
@@ -449,7 +525,8 @@ int ar_npy_read(const char *path, ar_npy_header *h, double **a)
   fclose(f);
   if (!err) {
     to_doubles(raw, h->elem_size, fortran, h->rows, h->cols, out);
-    err = check_finite(path, out, h->rows, h->cols, 0);
+    const int64_t all[2] = {0, h->rows};
+    err = check_finite(path, out, h->cols, 1, all);
   }
   if (raw != (char *)out) free(raw);
   if (err) {

@@ -15,7 +15,8 @@ typedef struct {
   int64_t rows, cols;      /* global shape (1-D arrays: cols = 1) */
   int ndim;                /* 1 or 2, as in the file */
   int fortran_order;       /* 1 if stored column-major */
-  int elem_size;           /* 8 (float64) or 4 (float32) */
+  int elem_size;           /* 8 (float64, int64) or 4 (float32, int32) */
+  int integer;             /* 1: int64/int32 (only ar_npy_read_int64 accepts them) */
   int64_t data_offset;     /* byte offset of the first element */
 } ar_npy_header;
 
@@ -34,6 +35,15 @@ int ar_npy_read_header(MPI_Comm comm, const char *path, ar_npy_header *h);
  * (nan) at row i, column j"); the check result is agreed over comm. */
 int ar_npy_read_rows(MPI_Comm comm, const char *path, const ar_npy_header *h, int64_t r0, int64_t r1,
                      double *out);
+
+/* Collective: the same for the rows of nr sorted ranges [rg[2i], rg[2i+1]) one after another
+ * (one collective read through an indexed file view). */
+int ar_npy_read_ranges(MPI_Comm comm, const char *path, const ar_npy_header *h, int nr, const int64_t *rg,
+                       double *out);
+
+/* Not collective: read a whole little-endian int64 or int32 file into a new int64 row-major
+ * buffer (*a, caller frees); float files are refused ("need int64 or int32"). */
+int ar_npy_read_int64(const char *path, ar_npy_header *h, int64_t **a);
 
 /* Collective: write a rows x cols float64 C-order array whose global rows [r0, r1) this rank
  * holds in `local` (row-major).  Row blocks of the ranks must tile [0, rows).  Rank 0 writes

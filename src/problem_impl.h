@@ -3,20 +3,44 @@
 #define AR_PROBLEM_IMPL_H
 
 #include "attnreg.h"
+#include "layout.h"
 
 struct ar_problem_s {
   MPI_Comm comm;     /* duplicate of the user's communicator */
   int rank, size;
   int64_t n;         /* global rows */
   int d, m;
-  int64_t r0, r1;    /* this rank's rows [r0, r1) of A1 and B */
-  int64_t nloc;      /* r1 - r0 */
+  ar_layout layout;  /* every rank's rows and its ring group (layout.h) */
+  int nranges;       /* this rank's rows: ranges [ranges[2i], ranges[2i+1]) of the layout */
+  const int64_t *ranges;
+  int64_t nloc;      /* rows held here */
+  /* the mask (docs/math.md §8) */
+  int masked;        /* segments or causal: the tiles consult key_lo, key_hi */
+  int causal;
+  int64_t nseg;      /* segments (1 without) */
+  int64_t *offsets;  /* nseg + 1, global */
+  int64_t *key_lo, *key_hi; /* masked: per local row, the global keys [lo, hi) it may see */
+  double pairs;      /* unmasked query-key pairs of this rank's rows */
+  MPI_Comm ring;     /* the ranks this rank exchanges key blocks with (its group) */
+  int ring_rank, ring_size;
   double *a1;        /* local: nloc x d */
   double *b;         /* local: nloc x m */
   double *a2, *a3;   /* local: nloc x d (self-attention: a3 == a2 == a1, one array) */
   double bnorm2;     /* global: ||B||_F^2 */
   uint64_t hash;     /* global: ar_problem_hash */
+  uint64_t mask_hash; /* global: ar_problem_mask_hash */
 };
+
+/* Collective: a problem with p's rows, mask and layout, and other arrays of those rows (the
+ * whitened inputs); b may be p->b.  The data hash is p's. */
+int ar_problem_create_like(ar_problem p, const double *a1, const double *a2, const double *a3, const double *b,
+                           ar_problem *out);
+/* Not collective: rank r's ranges of global rows (into the layout). */
+static inline int ar_problem_rank_ranges(ar_problem p, int r, const int64_t **ranges)
+{
+  *ranges = p->layout.ranges + 2 * p->layout.first[r];
+  return p->layout.first[r + 1] - p->layout.first[r];
+}
 
 /* Symmetric pair index of (q, q') with q <= q' among d: row-major upper triangle. */
 static inline int ar_pair(int d, int q, int qq)

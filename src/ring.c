@@ -10,7 +10,8 @@
 struct ar_ring_s {
   MPI_Comm comm;
   int rank, size, width, step;
-  int64_t n, max_rows;
+  int64_t max_rows;
+  int64_t *rows, *first;  /* rows and position (in ring order) of each member's block */
   MPI_Datatype row;       /* width contiguous doubles */
   double *buf[2];         /* receive buffers, max_rows x width each */
   const double *hand;     /* the block in hand */
@@ -21,30 +22,35 @@ struct ar_ring_s {
   double t_wait;
 };
 
-int ar_ring_create(MPI_Comm comm, int64_t n, int width, ar_ring **out)
+int ar_ring_create(MPI_Comm comm, const int64_t *rows, int width, ar_ring **out)
 {
   *out = NULL;
-  ar_ring *r;
-  AR_MALLOC(r, 1);
-  *out = r;
-  r->comm = MPI_COMM_NULL, r->row = MPI_DATATYPE_NULL;
+  ar_ring *r = calloc(1, sizeof *r);
+  int size, err = r ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory (ring)");
+  MPI_Comm_size(comm, &size);
+  if (r) {
+    *out = r;
+    r->comm = MPI_COMM_NULL, r->row = MPI_DATATYPE_NULL;
+    r->size = size, r->width = width;
+    MPI_Comm_rank(comm, &r->rank);
+    r->rows = calloc((size_t)size, sizeof(int64_t)), r->first = calloc((size_t)size, sizeof(int64_t));
+    if (!r->rows || !r->first) err = AR_ERROR(AR_ERR_MEM, "out of memory (ring)");
+    for (int b = 0; b < size && !err; b++) {
+      r->rows[b] = rows[b], r->first[b] = b ? r->first[b - 1] + rows[b - 1] : 0;
+      r->max_rows = rows[b] > r->max_rows ? rows[b] : r->max_rows;
+    }
+    if (!err && r->max_rows >= 2147483647)
+      err = AR_ERROR(AR_ERR_DATA, "a block of %lld rows is too large for one message", (long long)r->max_rows);
+    if (size > 1)
+      for (int i = 0; i < 2 && !err; i++)
+        if (!(r->buf[i] = ar_work_alloc(sizeof(double) * (size_t)(r->max_rows * width))))
+          err = AR_ERROR(AR_ERR_MEM, "out of memory: ring buffer of %.1f MB", 8.0 * r->max_rows * width / 1048576.0);
+  }
+  AR_CALL(ar_error_agree(comm, err)); /* every member is still here: the collective calls follow */
   AR_CALL_MPI(MPI_Comm_dup(comm, &r->comm));
-  MPI_Comm_rank(comm, &r->rank);
-  MPI_Comm_size(comm, &r->size);
-  r->n = n, r->width = width;
-  int64_t r0, r1;
-  ar_partition(n, r->size, 0, &r0, &r1); /* block 0 is one of the largest */
-  r->max_rows = r1 - r0;
-  AR_CHECK(r->max_rows < 2147483647, AR_ERR_DATA, "a block of %lld rows is too large for one message",
-           (long long)r->max_rows);
   AR_CALL_MPI(MPI_Type_contiguous(width, MPI_DOUBLE, &r->row));
   AR_CALL_MPI(MPI_Type_commit(&r->row));
-  int err = AR_OK;
-  if (r->size > 1)
-    for (int i = 0; i < 2 && !err; i++)
-      if (!(r->buf[i] = ar_work_alloc(sizeof(double) * (size_t)(r->max_rows * width))))
-        err = AR_ERROR(AR_ERR_MEM, "out of memory: ring buffer of %.1f MB", 8.0 * r->max_rows * width / 1048576.0);
-  return ar_error_agree(comm, err);
+  return AR_OK;
 }
 
 void ar_ring_destroy(ar_ring **pr)
@@ -55,16 +61,15 @@ void ar_ring_destroy(ar_ring **pr)
   ar_work_free(r->buf[0]), ar_work_free(r->buf[1]);
   if (r->row != MPI_DATATYPE_NULL) MPI_Type_free(&r->row);
   if (r->comm != MPI_COMM_NULL) MPI_Comm_free(&r->comm);
+  free(r->rows), free(r->first);
   free(r);
   *pr = NULL;
 }
 
 static int64_t block_rows(const ar_ring *r, int b, int64_t *first)
 {
-  int64_t r0, r1;
-  ar_partition(r->n, r->size, b, &r0, &r1);
-  if (first) *first = r0;
-  return r1 - r0;
+  if (first) *first = r->first[b];
+  return r->rows[b];
 }
 
 /* Post the transfer of the block in hand to the right, and of the next one from the left. */
@@ -87,9 +92,10 @@ int ar_ring_start(ar_ring *r, const double *own)
   return AR_OK;
 }
 
-const double *ar_ring_block(const ar_ring *r, int64_t *first, int64_t *rows)
+const double *ar_ring_block(const ar_ring *r, int64_t *first, int64_t *rows, int *owner)
 {
   *rows = block_rows(r, r->hand_owner, first);
+  if (owner) *owner = r->hand_owner;
   return r->hand;
 }
 

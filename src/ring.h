@@ -1,6 +1,7 @@
 /* The ring: key/value row blocks travelling around the ranks (docs/layout.md).
  *
- * Block b is rank b's rows [r0(b), r1(b)) of the row partition, `width` doubles per row.  In a
+ * Block b is the rows of member b of comm (rows[b] of them, `width` doubles per row): with a
+ * mask, comm is one group of the row layout (layout.h), whose members exchange key blocks.  In a
  * trip, rank r holds block (r - s) mod P at step s = 0 .. P-1: its own at step 0, then the
  * block its left neighbour held.  While a block is being computed on, it is already on its way
  * to the right neighbour and the next one is arriving from the left (non-blocking send and
@@ -15,15 +16,17 @@
 
 typedef struct ar_ring_s ar_ring;
 
-/* Collective: a ring over comm for blocks of the partition of n rows, width doubles a row. */
-int ar_ring_create(MPI_Comm comm, int64_t n, int width, ar_ring **ring);
+/* Collective: a ring over comm for blocks of rows[b] rows (b: rank in comm; the same array on
+ * every member), width doubles a row. */
+int ar_ring_create(MPI_Comm comm, const int64_t *rows, int width, ar_ring **ring);
 void ar_ring_destroy(ar_ring **ring); /* not collective */
 
 /* Collective: start a trip with this rank's own block (its rows x width, row-major; read
  * only, and not changed until the trip ends). */
 int ar_ring_start(ar_ring *ring, const double *own);
-/* Not collective: the block in hand: its global first row, rows, and data (rows x width). */
-const double *ar_ring_block(const ar_ring *ring, int64_t *first, int64_t *rows);
+/* Not collective: the block in hand: its position in the ring's concatenation of blocks, rows,
+ * owner (member of comm; NULL: not wanted), and data (rows x width). */
+const double *ar_ring_block(const ar_ring *ring, int64_t *first, int64_t *rows, int *owner);
 /* Not collective: 1 while the trip has a block in hand. */
 int ar_ring_active(const ar_ring *ring);
 /* Not collective: give MPI a chance to move the transfer in flight (call between tiles). */

@@ -20,7 +20,7 @@
 #endif
 #define AR_KERNEL static inline __attribute__((always_inline))
 
-/* e^x for x <= 0 in place; x below -708 gives e^-708 (~3e-308, zero next to the row's 1). */
+/* e^x for x <= 0 in place; x below -708 (masked logits are -inf) gives exactly 0. */
 AR_KERNEL void exp_nonpositive(double *x, int64_t n)
 {
   const double log2e = 1.4426950408889634, shifter = 0x1.8p52;
@@ -49,7 +49,9 @@ AR_KERNEL void exp_nonpositive(double *x, int64_t n)
     memcpy(&tb, &t, sizeof tb);
     memcpy(&pb, &p, sizeof pb);
     pb += (int64_t)((uint64_t)(tb - sbits) << 52);
-    memcpy(&x[l], &pb, sizeof pb);
+    double e;
+    memcpy(&e, &pb, sizeof pb);
+    x[l] = x[l] < -708.0 ? 0.0 : e;
   }
 }
 

@@ -94,8 +94,7 @@ int ar_whiten(ar_problem p, const char *const names[3], ar_problem *white, ar_wh
     if (!err) err = ar_error_agree(p->comm, cholesky_qr(p->comm, p->n, nl, d, Q[k], w->R[k], names[k]));
   }
   if (w) w->d = d, w->m = p->m;
-  if (!err) err = ar_problem_create(p->comm, p->n, d, p->m, Q[0], Q[1], Q[2], p->b, white);
-  if (!err) (*white)->hash = p->hash; /* checkpoints stay tied to the user's data */
+  if (!err) err = ar_problem_create_like(p, Q[0], Q[1], Q[2], p->b, white); /* p's rows, mask, data hash */
   free(Q[0]);
   if (Q[1] != Q[0]) free(Q[1]);
   if (Q[2] != Q[0] && Q[2] != Q[1]) free(Q[2]);

@@ -70,7 +70,7 @@ int main(int argc, char **argv)
   char store[4 * 4096];
   ar_data_paths ps = {0};
   if (newton && (ar_generate(MPI_COMM_WORLD, &go, dir) || ar_data_paths_from_dir(dir, &ps, store) ||
-                 ar_problem_load(MPI_COMM_WORLD, &ps, &prob))) {
+                 ar_problem_load(MPI_COMM_WORLD, &ps, NULL, &prob))) {
     fprintf(stderr, "bench_eval: %s\n", ar_error_message());
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
@@ -81,7 +81,7 @@ int main(int argc, char **argv)
     memcpy(X, x0, sizeof(double) * d * d), memcpy(Y, y0, sizeof(double) * d * m);
     free(x0), free(y0);
   }
-  if ((!prob && ar_problem_create(MPI_COMM_WORLD, n, d, m, a1, a2 + r0 * d, a3 + r0 * d, b, &prob)) || ar_grid_create(MPI_COMM_WORLD, 0, 0, &grid) ||
+  if ((!prob && ar_problem_create(MPI_COMM_WORLD, n, d, m, NULL, a1, a2 + r0 * d, a3 + r0 * d, b, &prob)) || ar_grid_create(MPI_COMM_WORLD, 0, 0, &grid) ||
       (hk && ar_dmat_create(grid, d * d + d * m, getenv("NB") ? atoi(getenv("NB")) : 0, &H)) || ar_eval_create(prob, &eo, &ev)) {
     fprintf(stderr, "bench_eval: %s\n", ar_error_message());
     MPI_Abort(MPI_COMM_WORLD, 1);

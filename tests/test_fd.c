@@ -138,7 +138,7 @@ static void run_problem(const char *name, int64_t n, int d, int m, uint64_t seed
   int64_t r0, r1;
   ar_partition(n, size, rank, &r0, &r1);
   ar_problem prob;
-  TU_OK(ar_problem_create(MPI_COMM_WORLD, n, d, m, p.A1 + r0 * d, p.A2 + r0 * d, p.A3 + r0 * d, p.B + r0 * m, &prob));
+  TU_OK(ar_problem_create(MPI_COMM_WORLD, n, d, m, NULL, p.A1 + r0 * d, p.A2 + r0 * d, p.A3 + r0 * d, p.B + r0 * m, &prob));
   {
     int64_t nn;
     int dd, mm;

@@ -26,7 +26,7 @@ static void run_case(const char *refdir, const char *name)
   ar_data_paths ps = {0};
   TU_OK(ar_data_paths_from_dir(dir, &ps, store));
   ar_problem prob;
-  TU_OK(ar_problem_load(MPI_COMM_WORLD, &ps, &prob));
+  TU_OK(ar_problem_load(MPI_COMM_WORLD, &ps, NULL, &prob));
   int64_t n;
   int d, m;
   ar_problem_sizes(prob, &n, &d, &m);

@@ -22,7 +22,7 @@ static void run_case(const char *refdir, const char *tmpdir, const char *name, i
   TU_OK(ar_data_paths_from_dir(dir, &ps, store));
   /* The reference cases hold A1, A2, A3 separately even for selfattn: use them as given. */
   ar_problem prob;
-  TU_OK(ar_problem_load(MPI_COMM_WORLD, &ps, &prob));
+  TU_OK(ar_problem_load(MPI_COMM_WORLD, &ps, NULL, &prob));
   int64_t n;
   int d, m;
   ar_problem_sizes(prob, &n, &d, &m);

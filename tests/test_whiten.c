@@ -54,7 +54,7 @@ static void check_dir(const char *dir, const char *xname, const char *yname, dou
   ar_data_paths ps = {0};
   TU_OK(ar_data_paths_from_dir(dir, &ps, store));
   ar_problem prob, white;
-  TU_OK(ar_problem_load(MPI_COMM_WORLD, &ps, &prob));
+  TU_OK(ar_problem_load(MPI_COMM_WORLD, &ps, NULL, &prob));
   int64_t n;
   int d, m;
   ar_problem_sizes(prob, &n, &d, &m);
@@ -123,7 +123,7 @@ static void check_rank_deficient(const char *tmpdir)
   ar_data_paths ps = {0};
   TU_OK(ar_data_paths_from_dir(dir, &ps, store));
   ar_problem prob, white = NULL;
-  TU_OK(ar_problem_load(MPI_COMM_WORLD, &ps, &prob));
+  TU_OK(ar_problem_load(MPI_COMM_WORLD, &ps, NULL, &prob));
   const char *names[3] = {ps.a1, ps.a2, ps.a3};
   ar_whitening w = NULL;
   int err = ar_whiten(prob, names, &white, &w);

@@ -50,6 +50,8 @@ typedef struct {
   int64_t nseg;            /* K segments; 0 or 1: one sequence [0, n) (offsets may be NULL) */
   const int64_t *offsets;  /* K + 1 global offsets 0 = o_0 < o_1 < ... < o_K = n */
   int causal;
+  int contiguous;          /* the row layout: 0 (auto) groups of ranks by segment (docs/layout.md
+                              §6); 1 the contiguous partition and one ring of all ranks */
 } ar_mask;
 
 /* Collective: read a segments file (int64 or int32 npy, 1-D, K + 1 offsets, 0 = o_0 < ... <

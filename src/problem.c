@@ -143,6 +143,7 @@ static int problem_alloc(MPI_Comm comm, int64_t n, int d, int m, const ar_mask *
   p->n = n, p->d = d, p->m = m;
   p->nseg = mask && mask->nseg > 1 && mask->offsets ? mask->nseg : 1;
   p->causal = mask ? mask->causal != 0 : 0;
+  p->contiguous = mask ? mask->contiguous != 0 : 0;
   p->masked = p->nseg > 1 || p->causal;
   AR_MALLOC(p->offsets, p->nseg + 1);
   if (p->nseg > 1) {
@@ -151,7 +152,7 @@ static int problem_alloc(MPI_Comm comm, int64_t n, int d, int m, const ar_mask *
   } else {
     p->offsets[0] = 0, p->offsets[1] = n;
   }
-  const ar_mask mm = {p->nseg, p->offsets, p->causal};
+  const ar_mask mm = {p->nseg, p->offsets, p->causal, p->contiguous};
   AR_CALL(ar_layout_make(n, &mm, p->size, &p->layout));
   p->nranges = ar_problem_rank_ranges(p, p->rank, &p->ranges);
   p->nloc = p->layout.rows[p->rank];
@@ -217,7 +218,7 @@ uint64_t ar_problem_mask_hash(ar_problem p) { return p->mask_hash; }
 
 ar_mask ar_problem_mask(ar_problem p)
 {
-  const ar_mask m = {p->nseg, p->offsets, p->causal};
+  const ar_mask m = {p->nseg, p->offsets, p->causal, p->contiguous};
   return m;
 }
 

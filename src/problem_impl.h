@@ -16,7 +16,7 @@ struct ar_problem_s {
   int64_t nloc;      /* rows held here */
   /* the mask (docs/math.md §8) */
   int masked;        /* segments or causal: the tiles consult key_lo, key_hi */
-  int causal;
+  int causal, contiguous; /* contiguous: the layout was asked to be the contiguous partition */
   int64_t nseg;      /* segments (1 without) */
   int64_t *offsets;  /* nseg + 1, global */
   int64_t *key_lo, *key_hi; /* masked: per local row, the global keys [lo, hi) it may see */

@@ -261,10 +261,11 @@ typedef struct {
   uint64_t seed;
   double x_scale, noise, start_noise;
   int self;              /* one shared A (written as A.npy) */
+  ar_mask mask;          /* B under this mask (segments, causal); written as segments.npy when segmented */
 } ar_generate_options;
 
 /* Collective: generate and write DIR/{A1,A2,A3 | A}.npy, B.npy, X_true.npy, Y_true.npy,
- * X0.npy (atomically); each rank makes and writes its own rows. */
+ * X0.npy and, with segments, segments.npy (atomically); each rank makes and writes its own rows. */
 int ar_generate(MPI_Comm comm, const ar_generate_options *opt, const char *dir);
 /* Not collective: the i-th standard normal of stream `stream` for `seed`. */
 double ar_normal(uint64_t seed, uint64_t stream, uint64_t i);
@@ -471,7 +472,8 @@ int ar_fixed_norm_search(ar_eval ev, double *X, double *Y, int iters, double *lo
  * of the inputs, the ring's block buffers, the per-row accumulators, a chunk's tables, a
  * tile's work arrays, the Hessian parts, the local Hessian share, the assembly panel, the
  * solver vectors, plus a measured runtime baseline.  Every term that grows with n is
- * O(n / ranks). */
+ * O(n / ranks).  With a mask (NULL: none) the row layout of ar_layout_rows sets the rows of the
+ * most loaded rank and the ring's length, and the flops count the unmasked pairs. */
 typedef struct {
   int64_t n, tile, chunk, rows_per_rank;
   int d, m, D, ranks, pr, pc, nb;
@@ -487,6 +489,10 @@ typedef struct {
   double flops_hessvec, flops_precond, cg_iters;
   /* bytes sent per rank per Newton iteration (estimates) */
   double comm_ring, comm_allreduce, comm_hessian, comm_cholesky, comm_total;
+  /* the mask and its row layout (docs/layout.md §6): flops count the unmasked pairs only */
+  int64_t nseg;          /* segments (1: one sequence) */
+  int causal, groups, max_group, zigzag;
+  double pairs_total, pairs_max, pairs_avg; /* unmasked query-key pairs: all, and per rank */
 } ar_plan;
 
 /* Bytes of the Hessian assembly panel: the reduction goes through a buffer of at most this. */
@@ -496,12 +502,12 @@ typedef struct {
  * tile_mem_mb (as ar_eval_create chooses it); ls: the linear solver (AUTO: resolved by
  * ar_plan_linear_solver without a memory budget). */
 int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
-                    double tile_mem_mb, ar_hessian_kind hk, int ls, ar_plan *plan);
+                    double tile_mem_mb, ar_hessian_kind hk, int ls, const ar_mask *mask, ar_plan *plan);
 /* Not collective: what --linear-solver auto picks: the dense Cholesky when it fits the budget
  * (bytes per rank; <= 0: no limit) and its Hessian and factorisation cost no more flops per
  * Newton iteration than the matrix-free step's model; otherwise CG (if it fits). */
 int ar_plan_linear_solver(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
-                          double tile_mem_mb, ar_hessian_kind hk, double budget);
+                          double tile_mem_mb, ar_hessian_kind hk, double budget, const ar_mask *mask);
 /* Not collective: the query rows per tile and key rows per chunk that ar_eval_create uses. */
 void ar_plan_tiles(int64_t n, int d, int m, int ranks, int64_t tile, int64_t chunk, double tile_mem_mb,
                    int64_t *rows, int64_t *chunk_rows);

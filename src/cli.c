@@ -35,11 +35,42 @@ static int data_paths(MPI_Comm comm, const ar_common_cfg *c, ar_data_paths *ps)
   return AR_OK;
 }
 
+const char *ar_layout_name(int layout) { return layout == 0 ? "auto" : layout == 1 ? "contiguous" : NULL; }
+
+int ar_cli_mask(MPI_Comm comm, const ar_common_cfg *c, int64_t n, ar_mask *mask, int64_t **offsets)
+{
+  *offsets = NULL;
+  *mask = (ar_mask){0, NULL, c->causal, c->layout == 1};
+  char path[4200];
+  int rank, have = 0;
+  MPI_Comm_rank(comm, &rank);
+  if (c->segments && strcmp(c->segments, "none") != 0) {
+    snprintf(path, sizeof path, "%s", c->segments), have = 1;
+  } else if (!c->segments && c->data) { /* DIR/segments.npy, when the directory holds one */
+    snprintf(path, sizeof path, "%s/segments.npy", c->data);
+    FILE *f = rank == 0 ? fopen(path, "rb") : NULL;
+    have = f != NULL;
+    if (f) fclose(f);
+    AR_CALL_MPI(MPI_Bcast(&have, 1, MPI_INT, 0, comm));
+  }
+  if (!have) return AR_OK;
+  AR_CALL(ar_mask_read_segments(comm, path, n, offsets, &mask->nseg));
+  mask->offsets = *offsets;
+  return AR_OK;
+}
+
 int ar_cli_load_problem(MPI_Comm comm, const ar_common_cfg *c, ar_problem *prob)
 {
   ar_data_paths ps;
   AR_CALL(data_paths(comm, c, &ps));
-  return ar_problem_load(comm, &ps, NULL, prob);
+  ar_npy_header h;
+  AR_CALL(ar_npy_read_header(comm, ps.a1, &h));
+  ar_mask mask;
+  int64_t *off;
+  AR_CALL(ar_cli_mask(comm, c, h.rows, &mask, &off));
+  const int err = ar_problem_load(comm, &ps, &mask, prob);
+  free(off);
+  return err;
 }
 
 int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_rank_gb, int hessian, int *ls)
@@ -55,14 +86,20 @@ int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_ra
   ar_plan p;
   double budget;
   char source[128];
-  AR_CALL(ar_cli_memory_budget(comm, mem_per_rank_gb, &budget, source, sizeof source));
+  ar_mask mask;
+  int64_t *off;
+  AR_CALL(ar_cli_mask(comm, c, ha.rows, &mask, &off));
+  int err = ar_cli_memory_budget(comm, mem_per_rank_gb, &budget, source, sizeof source);
   /* the exact Hessian's footprint (auto and Gauss-Newton may need it too) */
   const int hk = hessian == AR_HESS_GAUSS_NEWTON ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT;
-  if (*ls == AR_LINSOLVE_AUTO)
+  if (!err && *ls == AR_LINSOLVE_AUTO)
     *ls = ar_plan_linear_solver(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
-                                c->eval.chunk, c->eval.tile_mem_mb, hk, budget);
-  AR_CALL(ar_plan_compute(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
-                          c->eval.chunk, c->eval.tile_mem_mb, hk, *ls, &p));
+                                c->eval.chunk, c->eval.tile_mem_mb, hk, budget, &mask);
+  if (!err)
+    err = ar_plan_compute(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
+                          c->eval.chunk, c->eval.tile_mem_mb, hk, *ls, &mask, &p);
+  free(off);
+  AR_CALL(err);
   AR_CHECK(p.mem_total <= budget, AR_ERR_USAGE,
            "n=%lld d=%d m=%d on %d ranks needs an estimated %.0f MB per rank (rows %.0f, ring %.0f, tiles and chunks "
            "%.0f, Hessian %.0f + assembly %.0f) but the budget is %.0f MB (%s): use more ranks, a smaller --tile-mem, "
@@ -149,6 +186,12 @@ void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *sou
           (long long)p->n, p->d, p->m, p->D, p->ranks, p->pr, p->pc, p->nb, (long long)p->rows_per_rank);
   fprintf(f, "tiles: %lld query rows x %lld key rows%s\n", (long long)p->tile, (long long)p->chunk,
           p->fused ? " (one chunk: forward and backward fused)" : " (key blocks around the ring, two passes)");
+  if (p->nseg > 1 || p->causal)
+    fprintf(f, "mask: %lld segment%s%s; %d ring%s of up to %d ranks%s; unmasked pairs %.4g (%.1f%% of n^2), per rank "
+               "max/avg %.3f\n",
+            (long long)p->nseg, p->nseg == 1 ? "" : "s", p->causal ? ", causal" : "", p->groups, p->groups == 1 ? "" : "s",
+            p->max_group, p->zigzag ? " (causal segments in zigzag pieces)" : "", p->pairs_total,
+            100.0 * p->pairs_total / ((double)p->n * p->n), p->pairs_avg > 0 ? p->pairs_max / p->pairs_avg : 1.0);
   fprintf(f, "memory per rank (largest share), MB:\n");
   const struct {
     const char *what;

@@ -1,6 +1,7 @@
 /* attnreg plan: memory per rank, flops and communication per Newton iteration (plan.c),
  * without running; solve applies the same memory check before it allocates anything. */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "blas.h"
 #include "cli.h"
@@ -20,6 +21,7 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
       {"m", AR_OPT_INT64, &m, "columns of B", "d", 1},
       {"ranks", AR_OPT_INT64, &ranks, "MPI ranks, required", NULL, 1},
       AR_LAYOUT_OPTIONS(c),
+      AR_MASK_OPTIONS(c),
       {"hessian", AR_OPT_CHOICE, &hess, "Hessian kind", NULL, 0, 0, "exact|gauss-newton", ar_hessian_name},
       {"linear-solver", AR_OPT_CHOICE, &ls, "Newton step: dense Cholesky, matrix-free CG, or the cheaper that fits",
        NULL, 0, 0, "auto|cholesky|cg", ar_linear_solver_name},
@@ -36,11 +38,16 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
   double budget;
   char source[128];
   AR_CALL(ar_cli_memory_budget(comm, mem, &budget, source, sizeof source));
+  ar_mask mask;
+  int64_t *off;
+  AR_CALL(ar_cli_mask(comm, &c, n, &mask, &off));
   if (ls == AR_LINSOLVE_AUTO)
     ls = ar_plan_linear_solver(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
-                               c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, budget);
-  AR_CALL(ar_plan_compute(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
-                          c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, ls, &p));
+                               c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, budget, &mask);
+  const int err = ar_plan_compute(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
+                                  c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, ls, &mask, &p);
+  free(off);
+  AR_CALL(err);
   MPI_Comm_rank(comm, &rank);
   if (rank == 0) {
     ar_cli_print_plan(stdout, &p, budget, source);

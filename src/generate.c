@@ -8,6 +8,7 @@
 
 #include "error.h"
 #include "hash.h"
+#include "layout.h"
 #include "npy.h"
 #include "output.h"
 
@@ -45,9 +46,10 @@ static void key_rows(const ar_generate_options *o, int64_t l0, int64_t c, double
 
 /* b_j = softmax(a1_j X A2^T) A3 Y + noise for rows [r0, r1), in one fixed summation order
  * whatever the rank count: s_jl = sum_q t_jq a2_lq (q in order), the row maximum, then
- * sum_l exp(s_jl - max) and p_j = sum_l exp(s_jl - max) a3_l (l in order).  The key rows are
- * regenerated a chunk at a time (twice: for the maxima, then for the sums), so a rank holds
- * O((r1 - r0) d) numbers, not the n x d matrices. */
+ * sum_l exp(s_jl - max) and p_j = sum_l exp(s_jl - max) a3_l (l in order), over the keys l
+ * the mask leaves row j (its segment; l <= j when causal).  The key rows are regenerated a
+ * chunk at a time (twice: for the maxima, then for the sums), only those the rows need, so a
+ * rank holds O((r1 - r0) d) numbers, not the n x d matrices. */
 static int forward_rows(const ar_generate_options *o, int64_t r0, int64_t r1, const double *a1, const double *X,
                         const double *Y, double *b)
 {
@@ -56,18 +58,27 @@ static int forward_rows(const ar_generate_options *o, int64_t r0, int64_t r1, co
   double *t = calloc(nl * d + 1, sizeof(double)), *pj = calloc(nl * d + 1, sizeof(double));
   double *mx = malloc(sizeof(double) * (nl + 1)), *sum = calloc(nl + 1, sizeof(double));
   double *a2 = malloc(sizeof(double) * GEN_CHUNK * d), *a3 = malloc(sizeof(double) * GEN_CHUNK * d);
-  int err = t && pj && mx && sum && a2 && a3 ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory generating n=%lld d=%d", (long long)n, d);
+  int64_t *klo = malloc(sizeof(int64_t) * (nl + 1)), *khi = malloc(sizeof(int64_t) * (nl + 1));
+  int err = t && pj && mx && sum && a2 && a3 && klo && khi
+                ? AR_OK
+                : AR_ERROR(AR_ERR_MEM, "out of memory generating n=%lld d=%d", (long long)n, d);
+  const int64_t one[2] = {0, n};
+  const ar_mask m1 = {o->mask.nseg > 1 ? o->mask.nseg : 1, o->mask.nseg > 1 ? o->mask.offsets : one, o->mask.causal, 0};
+  int64_t kmin = n, kmax = 0; /* the keys any of these rows sees */
   for (int64_t j = 0; !err && j < nl; j++) {
     mx[j] = -INFINITY;
     for (int q = 0; q < d; q++)
       for (int pp = 0; pp < d; pp++) t[j * d + q] += a1[j * d + pp] * X[pp * d + q];
+    const int64_t g = r0 + j, s = ar_mask_segment(&m1, g);
+    klo[j] = m1.offsets[s], khi[j] = m1.causal ? g + 1 : m1.offsets[s + 1];
+    kmin = klo[j] < kmin ? klo[j] : kmin, kmax = khi[j] > kmax ? khi[j] : kmax;
   }
   for (int pass = 0; !err && pass < 2; pass++)
-    for (int64_t l0 = 0; l0 < n; l0 += GEN_CHUNK) {
+    for (int64_t l0 = kmin - kmin % GEN_CHUNK; l0 < kmax; l0 += GEN_CHUNK) {
       const int64_t c = n - l0 < GEN_CHUNK ? n - l0 : GEN_CHUNK;
       key_rows(o, l0, c, a2, a3);
       for (int64_t j = 0; j < nl; j++)
-        for (int64_t l = 0; l < c; l++) {
+        for (int64_t l = (klo[j] > l0 ? klo[j] - l0 : 0), le = (khi[j] < l0 + c ? khi[j] - l0 : c); l < le; l++) {
           double s = 0;
           for (int q = 0; q < d; q++) s += t[j * d + q] * a2[l * d + q];
           if (pass == 0) {
@@ -85,7 +96,7 @@ static int forward_rows(const ar_generate_options *o, int64_t r0, int64_t r1, co
       for (int k = 0; k < d; k++) v += pj[j * d + k] / sum[j] * Y[k * m + i];
       b[j * m + i] = v + o->noise * ar_normal(o->seed, STREAM_NOISE, (uint64_t)((r0 + j) * m + i));
     }
-  free(t), free(pj), free(mx), free(sum), free(a2), free(a3);
+  free(t), free(pj), free(mx), free(sum), free(a2), free(a3), free(klo), free(khi);
   return err;
 }
 
@@ -97,6 +108,7 @@ int ar_generate(MPI_Comm comm, const ar_generate_options *o, const char *dir)
   AR_CHECK(o->n >= 1, AR_ERR_USAGE, "--n: must be >= 1");
   AR_CHECK(o->d >= 1 && o->d <= 4096, AR_ERR_USAGE, "--d: must be in [1, 4096], got %d", o->d);
   AR_CHECK(o->m >= 1, AR_ERR_USAGE, "--m: must be >= 1, got %d", o->m);
+  if (o->mask.nseg > 1) AR_CALL(ar_mask_check("--segments", o->n, o->mask.offsets, o->mask.nseg));
   const int64_t n = o->n;
   const int d = o->d, m = o->m;
   int64_t r0, r1;
@@ -136,6 +148,11 @@ int ar_generate(MPI_Comm comm, const ar_generate_options *o, const char *dir)
     for (int i = 0; i < 3 && !err; i++) {
       err = ar_out_add(&out, small[i]);
       if (!err && !lerr && rank == 0) lerr = ar_npy_write(ar_out_path(&out, small[i], path, sizeof path), d, cols[i], arr[i]);
+    }
+    if (!err && o->mask.nseg > 1) { /* the segments, for --data DIR to find */
+      err = ar_out_add(&out, "segments.npy");
+      if (!err && !lerr && rank == 0)
+        lerr = ar_npy_write_int64(ar_out_path(&out, "segments.npy", path, sizeof path), o->mask.nseg + 1, o->mask.offsets);
     }
     if (!err) err = ar_error_agree(comm, lerr);
     if (!err) err = ar_out_commit(&out);

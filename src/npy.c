@@ -502,6 +502,26 @@ int ar_npy_write(const char *path, int64_t rows, int64_t cols, const double *a)
   return write_stdio(path, hdr, hl, a, (size_t)(rows * cols));
 }
 
+int ar_npy_write_int64(const char *path, int64_t n, const int64_t *a)
+{
+  AR_CHECK(n >= 0 && n <= INT64_MAX / 8, AR_ERR_INTERNAL, "%s: bad length %lld", path, (ll)n);
+  char d[128];
+  int len = snprintf(d, sizeof d, "{'descr': '<i8', 'fortran_order': False, 'shape': (%lld,), }", (ll)n);
+  while ((10 + len + 1) % 64) d[len++] = ' ';
+  d[len++] = '\n';
+  char hdr[160];
+  memcpy(hdr, NPY_MAGIC "\x01\x00", 8);
+  hdr[8] = (char)(len & 0xff), hdr[9] = (char)(len >> 8);
+  memcpy(hdr + 10, d, (size_t)len);
+  FILE *f = fopen(path, "wb");
+  AR_CHECK(f, AR_ERR_IO, "%s: cannot open for writing: %s", path, strerror(errno));
+  int ok = fwrite(hdr, 1, (size_t)(10 + len), f) == (size_t)(10 + len) && fwrite(a, 8, (size_t)n, f) == (size_t)n;
+  int e = errno;
+  if (fclose(f) != 0 && ok) ok = 0, e = errno;
+  AR_CHECK(ok, AR_ERR_IO, "%s: write error: %s", path, strerror(e));
+  return AR_OK;
+}
+
 int ar_npy_read(const char *path, ar_npy_header *h, double **a)
 {
   ar_npy_header tmp;

@@ -54,6 +54,9 @@ int ar_npy_write_rows(MPI_Comm comm, const char *path, int64_t rows, int64_t col
 /* Not collective: write a whole rows x cols row-major array with stdio. */
 int ar_npy_write(const char *path, int64_t rows, int64_t cols, const double *a);
 
+/* Not collective: write a 1-D little-endian int64 array of n entries (segment offsets). */
+int ar_npy_write_int64(const char *path, int64_t n, const int64_t *a);
+
 /* Not collective: read a whole file (header + data) into a new row-major buffer (*a, caller
  * frees).  For small arrays (X, Y, checkpoints' companions, tests). */
 int ar_npy_read(const char *path, ar_npy_header *h, double **a);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "layout.h"
 #include "memory.h"
 
 /* Peak RSS of a run on a tiny problem (MPI, OpenBLAS, ScaLAPACK runtimes), measured here. */
@@ -90,7 +91,7 @@ static void plan_memory(ar_plan *p, double lr, double lc)
   const double t = (double)p->tile, c = (double)p->chunk, D = p->D;
   const double ld_fwd = 2 * d + d * d, ld_bwd = d + np;
   p->mem_inputs = B * nloc * (3 * d + m); /* A1, A2, A3, B: this rank's rows */
-  p->mem_ring = work(B * nloc * 2 * d) + (p->ranks > 1 ? 2 * work(B * nloc * 2 * d) : 0);
+  p->mem_ring = work(B * nloc * 2 * d) + (p->max_group > 1 ? 2 * work(B * nloc * 2 * d) : 0);
   p->mem_rows = work(B * nloc * d) + work(B * nloc * ld_fwd) + work(B * nloc * ld_bwd) + 4 * work(B * nloc) +
                 work(B * nloc * m);
   p->mem_chunk = work(B * c * ld_fwd) + work(B * c * ld_bwd) + work(B * c * m);
@@ -114,15 +115,50 @@ static void plan_memory(ar_plan *p, double lr, double lc)
     p->mem_assembly = (p->ranks > 1 ? panel : 0) + 12.0 * D; /* reduce-scatter panel, index tables */
     p->mem_solver = B * 6.0 * D;
   }
+  if (p->nseg > 1 || p->causal) /* per row: its keys, globally and in the block in hand; a tile's boxes */
+    p->mem_rows += 2 * B * nloc + 2 * work(B * nloc) + work(40.0 * t);
   p->mem_baseline = AR_BASELINE_BYTES;
   p->mem_total = p->mem_inputs + p->mem_ring + p->mem_rows + p->mem_chunk + p->mem_tiles + p->mem_parts +
                  p->mem_hessian + p->mem_assembly + p->mem_solver + p->mem_baseline;
 }
 
-int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
-                    double tile_mem_mb, ar_hessian_kind hk, int ls, ar_plan *p)
+/* The mask's layout on `ranks` ranks: rows of the most loaded rank, rings, unmasked pairs. */
+static int plan_layout(ar_plan *p, const ar_mask *mask)
 {
-  if (ls == AR_LINSOLVE_AUTO) ls = ar_plan_linear_solver(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, 0);
+  const double N = (double)p->n;
+  p->nseg = 1, p->groups = 1, p->max_group = p->ranks;
+  p->rows_per_rank = (p->n + p->ranks - 1) / p->ranks;
+  p->pairs_total = N * N, p->pairs_max = (double)p->rows_per_rank * N, p->pairs_avg = N * N / p->ranks;
+  if (!mask || !(mask->causal || (mask->nseg > 1 && mask->offsets))) return AR_OK;
+  if (mask->nseg > 1) AR_CALL(ar_mask_check("--segments", p->n, mask->offsets, mask->nseg));
+  ar_layout L;
+  AR_CALL(ar_layout_make(p->n, mask, p->ranks, &L));
+  const int64_t one[2] = {0, p->n};
+  const ar_mask m = {mask->nseg > 1 ? mask->nseg : 1, mask->nseg > 1 ? mask->offsets : one, mask->causal, 0};
+  p->nseg = m.nseg, p->causal = m.causal, p->groups = L.ngroups, p->zigzag = L.zigzag;
+  p->max_group = 0, p->rows_per_rank = 0, p->pairs_total = 0, p->pairs_max = 0;
+  for (int g = 0; g < L.ngroups; g++) p->max_group = L.group_size[g] > p->max_group ? L.group_size[g] : p->max_group;
+  for (int r = 0; r < L.size; r++) {
+    double w = 0;
+    for (int i = L.first[r]; i < L.first[r + 1]; i++)
+      for (int64_t a = L.ranges[2 * i], b = L.ranges[2 * i + 1]; a < b;) {
+        const int64_t s = ar_mask_segment(&m, a), e = m.offsets[s + 1] < b ? m.offsets[s + 1] : b;
+        w += ar_mask_pairs(a, e, m.offsets[s], m.offsets[s + 1], m.causal);
+        a = e;
+      }
+    p->pairs_total += w, p->pairs_max = w > p->pairs_max ? w : p->pairs_max;
+    p->rows_per_rank = L.rows[r] > p->rows_per_rank ? L.rows[r] : p->rows_per_rank;
+  }
+  p->pairs_avg = p->pairs_total / p->ranks;
+  ar_layout_free(&L);
+  return AR_OK;
+}
+
+int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
+                    double tile_mem_mb, ar_hessian_kind hk, int ls, const ar_mask *mask, ar_plan *p)
+{
+  if (ls == AR_LINSOLVE_AUTO)
+    ls = ar_plan_linear_solver(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, 0, mask);
   memset(p, 0, sizeof *p);
   AR_CHECK(n >= 1 && d >= 1 && m >= 1 && ranks >= 1, AR_ERR_USAGE, "plan: sizes must be positive");
   if (pr <= 0 || pc <= 0) ar_plan_default_grid(ranks, &pr, &pc);
@@ -132,22 +168,24 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   if (nb <= 0) nb = ar_plan_default_nb(D, pr, pc);
   const double N = (double)n;
   p->n = n, p->d = d, p->m = m, p->D = D, p->ranks = ranks, p->pr = pr, p->pc = pc, p->nb = nb;
-  p->rows_per_rank = (n + ranks - 1) / ranks;
+  AR_CALL(plan_layout(p, mask));
   ar_plan_tiles(n, d, m, ranks, tile, chunk, tile_mem_mb, &p->tile, &p->chunk);
-  p->fused = ranks == 1 && p->chunk >= n;
+  p->fused = ranks == 1 && p->chunk >= n && p->nseg == 1 && !p->causal;
   p->linear_solver = ls;
   plan_memory(p, max_local(D, nb, pr), max_local(D, nb, pc));
   /* Flops (eval.c counts the same GEMMs): logits, P (and beta, F R23), U, W A2 (and W R22);
-   * without fusion the backward pass recomputes the logits. */
-  const double recompute = p->fused ? 0 : 2 * N * N * d;
-  p->flops_loss_grad = 2 * N * N * (3.0 * d + m) + recompute;
-  p->flops_hessian = (hk == AR_HESS_GAUSS_NEWTON ? 2.0 : 3.0) * N * N * d * d + N * pow(d, 4) / 2 + 2 * N * pow(d, 3) * m;
-  p->flops_trial = 4 * N * N * d;
+   * without fusion the backward pass recomputes the logits.  A2 = the unmasked pairs (n^2
+   * without a mask); the boxes of masked tiles add at most as many again on their diagonal. */
+  const double A2 = p->pairs_total;
+  const double recompute = p->fused ? 0 : 2 * A2 * d;
+  p->flops_loss_grad = 2 * A2 * (3.0 * d + m) + recompute;
+  p->flops_hessian = (hk == AR_HESS_GAUSS_NEWTON ? 2.0 : 3.0) * A2 * d * d + N * pow(d, 4) / 2 + 2 * N * pow(d, 3) * m;
+  p->flops_trial = 4 * A2 * d;
   p->flops_cholesky = pow(D, 3) / 3 + 2.0 * D * D;
   /* a product: trip A (S, dS, (F o dS) A3), trip B (S, dS, U, dU, dW A2; Gauss-Newton: S, U', W' A2);
    * the preconditioner: S, F [A2 | A2 (x) V], sum M_j M_j^T */
-  p->flops_hessvec = hk == AR_HESS_GAUSS_NEWTON ? N * N * (10.0 * d + 2 * m) : N * N * (12.0 * d + 6 * m);
-  p->flops_precond = 2 * N * N * (2.0 * d + (double)d * m) + 2 * N * d * d * m;
+  p->flops_hessvec = hk == AR_HESS_GAUSS_NEWTON ? A2 * (10.0 * d + 2 * m) : A2 * (12.0 * d + 6 * m);
+  p->flops_precond = 2 * A2 * (2.0 * d + (double)d * m) + 2 * N * d * d * m;
   p->cg_iters = AR_CG_ITERS_MODEL;
   if (ls == AR_LINSOLVE_CG) {
     p->flops_hessian = p->flops_precond + p->cg_iters * p->flops_hessvec;
@@ -159,13 +197,13 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
    * small allreduces (tree: ~2 log2 P messages); the Hessian reduce-scatter of its lower
    * triangle (each rank sends (P-1)/P of D^2/2); the Cholesky panel broadcasts (~D^2/2
    * over the grid rows and columns).  Estimates, not measurements. */
-  const double lg = ranks > 1 ? ceil(log2(ranks)) : 0, B = 8.0;
-  p->comm_ring = ranks > 1 ? 3.0 * (ranks - 1) * (double)p->rows_per_rank * 2 * d * B : 0;
+  const double lg = ranks > 1 ? ceil(log2(ranks)) : 0, B = 8.0, steps = p->max_group - 1.0; /* blocks a trip receives */
+  p->comm_ring = 3.0 * steps * (double)p->rows_per_rank * 2 * d * B;
   p->comm_allreduce = B * 2 * lg * (2.0 + 2.0 * d * d + d * m);
   p->comm_hessian = ranks > 1 ? B * 0.5 * (double)D * D * (ranks - 1) / ranks : 0; /* the lower triangle */
   p->comm_cholesky = ranks > 1 ? B * 0.5 * (double)D * D * (1.0 / pr + 1.0 / pc) + B * D * lg : 0;
   if (ls == AR_LINSOLVE_CG) { /* two trips and an allreduce of D per product, one trip for the preconditioner */
-    p->comm_ring += ranks > 1 ? (2.0 * p->cg_iters + 1) * (ranks - 1) * (double)p->rows_per_rank * 2 * d * B : 0;
+    p->comm_ring += (2.0 * p->cg_iters + 1) * steps * (double)p->rows_per_rank * 2 * d * B;
     p->comm_hessian = B * 2 * lg * D * p->cg_iters;
     p->comm_cholesky = 0;
   }
@@ -174,11 +212,11 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
 }
 
 int ar_plan_linear_solver(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
-                          double tile_mem_mb, ar_hessian_kind hk, double budget)
+                          double tile_mem_mb, ar_hessian_kind hk, double budget, const ar_mask *mask)
 {
   ar_plan dense, cg;
-  if (ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_CHOLESKY, &dense) ||
-      ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_CG, &cg))
+  if (ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_CHOLESKY, mask, &dense) ||
+      ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_CG, mask, &cg))
     return AR_LINSOLVE_CHOLESKY; /* bad sizes: the caller reports them */
   const int dense_fits = budget <= 0 || dense.mem_total <= budget, cg_fits = budget <= 0 || cg.mem_total <= budget;
   if (dense_fits != cg_fits) return dense_fits ? AR_LINSOLVE_CHOLESKY : AR_LINSOLVE_CG;

@@ -411,9 +411,10 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   s.st.hk_next = o->hessian == AR_HESS_AUTO ? AR_HESS_GAUSS_NEWTON : o->hessian;
   int ls = o->linear_solver, pr, pc;
   ar_grid_shape(grid, &pr, &pc);
+  const ar_mask mask = ar_problem_mask(p);
   if (ls == AR_LINSOLVE_AUTO)
     ls = ar_plan_linear_solver(p->n, p->d, p->m, p->size, pr, pc, o->nb, ar_eval_tile(ev), ar_eval_chunk(ev), 32,
-                               o->hessian, 0);
+                               o->hessian, 0, &mask);
   int err = ls == AR_LINSOLVE_CG ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, 0, res, &s.step)
                                  : ar_stepper_dense_create(ev, grid, s.N, o->nb, o->shift, res, &s.step);
   res->linear_solver = ls;

@@ -187,8 +187,8 @@ void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *sou
   fprintf(f, "tiles: %lld query rows x %lld key rows%s\n", (long long)p->tile, (long long)p->chunk,
           p->fused ? " (one chunk: forward and backward fused)" : " (key blocks around the ring, two passes)");
   if (p->nseg > 1 || p->causal)
-    fprintf(f, "mask: %lld segment%s%s; %d ring%s of up to %d ranks%s; unmasked pairs %.4g (%.1f%% of n^2), per rank "
-               "max/avg %.3f\n",
+    fprintf(f, "mask: %lld segment%s%s; %d group%s of ranks exchanging key blocks, the largest %d%s; unmasked pairs "
+               "%.4g (%.1f%% of n^2), per rank max/avg %.3f\n",
             (long long)p->nseg, p->nseg == 1 ? "" : "s", p->causal ? ", causal" : "", p->groups, p->groups == 1 ? "" : "s",
             p->max_group, p->zigzag ? " (causal segments in zigzag pieces)" : "", p->pairs_total,
             100.0 * p->pairs_total / ((double)p->n * p->n), p->pairs_avg > 0 ? p->pairs_max / p->pairs_avg : 1.0);

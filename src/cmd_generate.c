@@ -45,9 +45,12 @@ static int parse_segments(const char *spec, int64_t n, int64_t **off, int64_t *K
     (*off)[s + 1] = (*off)[s] + l, p = end + 1;
   }
   *K = cap;
-  const int err = ar_mask_check("--segments", n, *off, *K);
-  if (err) free(*off), *off = NULL;
-  return err;
+  if ((*off)[cap] != n) {
+    const long long sum = (long long)(*off)[cap];
+    free(*off), *off = NULL;
+    return AR_ERROR(AR_ERR_USAGE, "--segments %s: the lengths add up to %lld, not n = %lld", spec, sum, (long long)n);
+  }
+  return AR_OK;
 }
 
 int ar_cmd_generate(MPI_Comm comm, int argc, char **argv)

@@ -91,11 +91,11 @@ def rank_pids(mpirun_pid):
 
 def planted(tmp, name, **kw):
     """A planted problem from attnreg generate in tmp/name (made once): keyword arguments are
-    generate's options (x_scale=0.5 is --x-scale 0.5)."""
+    generate's options (x_scale=0.5 is --x-scale 0.5; causal=True is the flag --causal)."""
     d = os.path.join(tmp, name)
     if not os.path.exists(d):
         args = ["generate", "--out", d, "--quiet"]
         for k, v in kw.items():
-            args += ["--" + k.replace("_", "-"), v]
+            args += ["--" + k.replace("_", "-")] + ([] if v is True else [v])
         run(2, *args)
     return d

@@ -41,6 +41,21 @@ def export(*args, check=True):
     return p
 
 
+def script(*args, check=True):
+    """The script's main() in this process (torch imported once instead of per run), returning what
+    export() returns for the program."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = MOD.main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            rc = e.code
+    p = subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+    if check and rc != 0:
+        raise AssertionError("export-attention %s failed (%d):\n%s%s" % (args, rc, p.stdout, p.stderr))
+    return p
+
+
 def path(*names):
     return os.path.join(TMP, *names)
 
@@ -306,17 +321,8 @@ class Expect:
         out = out or path("bad-out")
         before = tree_bytes(TMP)
         argv = [str(v) for v in args] + ["--out", out]
-        if via_program:
-            p = export(*argv, check=False)
-            rc, err = p.returncode, p.stderr
-        else:
-            buf = io.StringIO()
-            with contextlib.redirect_stderr(buf):
-                try:
-                    rc = MOD.main(argv)
-                except SystemExit as e:  # argparse
-                    rc = e.code
-            err = buf.getvalue()
+        p = (export if via_program else script)(*argv, check=False)
+        rc, err = p.returncode, p.stderr
         self.assertEqual(rc, code, (args, err))
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertTrue(err.startswith("export-attention: error: "), err)
@@ -535,8 +541,8 @@ def check_others_untouched(test, new, template, prefix, E, H, head):
         test.assertTrue(torch.equal(new[k][keep], v[keep]), k)
 
 
-def to_state_dict(result, heads, head, out, *extra):
-    p = export("--to-state-dict", result, "--heads", heads, "--head", head, "--out", out, "--json", *extra)
+def to_state_dict(result, heads, head, out, *extra, via=script):
+    p = via("--to-state-dict", result, "--heads", heads, "--head", head, "--out", out, "--json", *extra)
     return json.loads(p.stdout)
 
 
@@ -577,7 +583,7 @@ class Calibration(unittest.TestCase):
 
         # --batch-index with --lengths: one sequence, its valid rows only, no segments.npy.
         one = path("cal-one")
-        export("--state-dict", sd, "--heads", 2, "--head", 1, "--input", xf, "--lengths", lf, "--batch-index", 2,
+        script("--state-dict", sd, "--heads", 2, "--head", 1, "--input", xf, "--lengths", lf, "--batch-index", 2,
                "--out", one)
         self.assertNotIn("segments.npy", os.listdir(one))
         np.testing.assert_allclose(np.load(one + "/B.npy"), B[41:64], rtol=0, atol=1e-14 * np.abs(B).max())
@@ -586,7 +592,7 @@ class Calibration(unittest.TestCase):
         # The same set already packed, with --segments: the same problem.
         np.save(path("cal-packed.npy"), A[:, :8])
         packed = path("cal-packed")
-        export("--state-dict", sd, "--heads", 2, "--head", 1, "--input", path("cal-packed.npy"),
+        script("--state-dict", sd, "--heads", 2, "--head", 1, "--input", path("cal-packed.npy"),
                "--segments", out + "/segments.npy", "--out", packed)
         for f in ("A.npy", "B.npy", "segments.npy"):
             np.testing.assert_array_equal(np.load(packed + "/" + f), np.load(out + "/" + f), f)
@@ -594,7 +600,7 @@ class Calibration(unittest.TestCase):
         # A full batch without --lengths: every sequence packed, L rows each.
         xf3, _ = save_batch("cal-full", x[:, :5])
         full = path("cal-full")
-        export("--state-dict", sd, "--heads", 2, "--head", 1, "--input", xf3, "--out", full)
+        script("--state-dict", sd, "--heads", 2, "--head", 1, "--input", xf3, "--out", full)
         np.testing.assert_array_equal(np.load(full + "/segments.npy"), [0, 5, 10, 15, 20])
         self.assertLessEqual(oracle_rel_loss(full, np.load(full + "/segments.npy")), 1e-24)
 
@@ -607,7 +613,7 @@ class Calibration(unittest.TestCase):
         xf, lf = save_batch("cal-cross-x", x, lengths)
         kf, _ = save_batch("cal-cross-kv", kv)
         out = path("cal-cross")
-        export("--state-dict", sd, "--heads", 3, "--head", 0, "--input", xf, "--kv-input", kf, "--lengths", lf, "--out", out)
+        script("--state-dict", sd, "--heads", 3, "--head", 0, "--input", xf, "--kv-input", kf, "--lengths", lf, "--out", out)
         A1, A2, A3 = load_problem(out)
         np.testing.assert_array_equal(A2[:, :6], np.vstack([kv[b, :n] for b, n in enumerate(lengths)]))
         ref, _ = per_head_batched(m, x, lengths, 0, kv=kv)
@@ -636,7 +642,7 @@ class Calibration(unittest.TestCase):
             self.assertGreater(oracle_rel_loss(out, segments, causal), 1e-3, (segments, causal))
         # One causal sequence: no segments.npy, but the mask is recorded.
         one = path("cal-dec-one")
-        export("--state-dict", sd, "--heads", 2, "--head", 0, "--prefix", "self_attn.", "--input", xf,
+        script("--state-dict", sd, "--heads", 2, "--head", 0, "--prefix", "self_attn.", "--input", xf,
                "--lengths", lf, "--batch-index", 0, "--causal", "--out", one)
         self.assertNotIn("segments.npy", os.listdir(one))
         self.assertTrue(summary(one + "/info.json")["causal"])
@@ -657,7 +663,7 @@ class WayBack(unittest.TestCase):
         cls.held_len = [17, 30, 6]
         cls.held = padded(rng, cls.held_len, 30, 8, pad=0.5)
         cls.data = path("wb")
-        export("--state-dict", cls.sd, "--heads", 2, "--head", 1, "--input", path("wb-x.npy"), "--out", cls.data)
+        script("--state-dict", cls.sd, "--heads", 2, "--head", 1, "--input", path("wb-x.npy"), "--out", cls.data)
         cls.X, cls.Y = np.load(cls.data + "/X_true.npy"), np.load(cls.data + "/Y_true.npy")
 
     def gauge(self, seed):
@@ -671,7 +677,7 @@ class WayBack(unittest.TestCase):
         self.assertLessEqual(oracle_rel_loss(self.data, X=Xg), 1e-24)  # the same head
         r = to_state_dict(res, 2, 1, path("wb-alone.pt"))
         self.assertLessEqual(r["truncation_sigma_ratio"], 1e-14)
-        self.assertGreater(r["key_bias_part_dropped"], 0.1)
+        self.assertGreater(r["flat_part_dropped"], 0.1)
         new = torch.load(path("wb-alone.pt"))
         self.assertEqual(set(new), {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"})
         fresh = torch.nn.MultiheadAttention(8, 2, dtype=torch.float64).eval()
@@ -688,7 +694,7 @@ class WayBack(unittest.TestCase):
         ref, _ = per_head_batched(self.m, self.held, self.held_len, 1)
         self.assertLessEqual(rel(got[:, 4:], ref), 1e-12)
         self.assertTrue(np.all(got[:, :4] == 0))  # the other head: zero weights, zero output
-        self.assertRegex(export("--to-state-dict", res, "--heads", 2, "--head", 1, "--out", path("wb-alone.pt"),
+        self.assertRegex(script("--to-state-dict", res, "--heads", 2, "--head", 1, "--out", path("wb-alone.pt"),
                                 "--force").stdout,
                          r"rank-4 truncation sigma_5/sigma_1 = .*key bias set to 0")
 
@@ -721,8 +727,43 @@ class WayBack(unittest.TestCase):
         wk = np.hstack([new["in_proj_weight"][12:16].numpy(), new["in_proj_bias"][12:16].numpy()[:, None]])
         best = (U[:, :4] * s[:4]) @ Vt[:4]  # Eckart-Young: the best rank-4 approximation
         self.assertLessEqual(np.abs(wq.T @ wk / 2 - best).max(), 1e-12 * np.abs(best).max())
-        txt = export("--to-state-dict", res, "--heads", 2, "--head", 1, "--out", path("wb-noisy.pt"), "--force").stdout
+        txt = script("--to-state-dict", res, "--heads", 2, "--head", 1, "--out", path("wb-noisy.pt"), "--force").stdout
         self.assertIn("X is not rank 4", txt)
+
+    def test_flat_direction_of_the_inputs(self):
+        """Inputs with their own flat direction (here a constant feature: x[:, 0] = 1, so A e_1 = 1):
+        a fit X_true + w e_1^T is the same head on them, but rank d_k + 1; --flat e_1 maps it back
+        to the head, plain truncation does not."""
+        m = random_mha(44, 8, 2, bias=False)
+        sd = save_module("wb-flat.pt", m)
+        rng = np.random.default_rng(12)
+        x = rng.standard_normal((30, 8))
+        x[:, 0] = 1
+        np.save(path("wb-flat-x.npy"), x)
+        data = path("wb-flat")
+        script("--state-dict", sd, "--heads", 2, "--head", 0, "--input", path("wb-flat-x.npy"), "--out", data)
+        X, Y = np.load(data + "/X_true.npy"), np.load(data + "/Y_true.npy")
+        Xg = X + np.outer(3 * rng.standard_normal(8), np.eye(8)[0])
+        self.assertLessEqual(oracle_rel_loss(data, X=Xg), 1e-24)
+        res = fit_dir("wb-flat-fit", Xg, Y)
+        np.save(path("wb-flat-u.npy"), np.eye(8)[0])
+        held_len = [20, 9]
+        held = padded(rng, held_len, 20, 8, pad=0.0)
+        held[:, :, 0] = 1
+        ref = mha_forward(m, held, held_len)
+        for flat, ok in ((None, False), (path("wb-flat-u.npy"), True)):
+            r = to_state_dict(res, 2, 0, path("wb-flat-new.pt"), "--state-dict", sd, "--force",
+                              *(["--flat", flat] if flat else []))
+            fresh = torch.nn.MultiheadAttention(8, 2, bias=False).double().eval()
+            fresh.load_state_dict(torch.load(path("wb-flat-new.pt")))
+            err = rel(mha_forward(fresh, held, held_len), ref)
+            if ok:
+                self.assertLessEqual(r["truncation_sigma_ratio"], 1e-14)
+                self.assertGreater(r["flat_part_dropped"], 0.1)
+                self.assertLessEqual(err, 1e-12)
+            else:
+                self.assertGreater(r["truncation_sigma_ratio"], 1e-3)
+                self.assertGreater(err, 1e-3)
 
     def test_no_bias_float32_single_head(self):
         torch.manual_seed(42)
@@ -731,7 +772,7 @@ class WayBack(unittest.TestCase):
         x = np.random.default_rng(7).standard_normal((20, 6))
         np.save(path("wb32-x.npy"), x)
         data = path("wb32")
-        export("--state-dict", sd, "--heads", 1, "--head", 0, "--input", path("wb32-x.npy"), "--out", data)
+        script("--state-dict", sd, "--heads", 1, "--head", 0, "--input", path("wb32-x.npy"), "--out", data)
         res = fit_dir("wb32-fit", np.load(data + "/X_true.npy"), np.load(data + "/Y_true.npy"))
         r = to_state_dict(res, 1, 0, path("wb32-new.pt"), "--state-dict", sd)
         self.assertEqual((r["d"], r["d_k"], r["truncation_sigma_ratio"], r["bias_folded"]), (6, 6, 0.0, False))
@@ -757,7 +798,7 @@ class WayBack(unittest.TestCase):
         rng = np.random.default_rng(9)
         xf, lf = save_batch("wb-dec-x", padded(rng, lengths, 19, 8), lengths)
         data = path("wb-dec")
-        export("--state-dict", sd, "--heads", 2, "--head", 1, "--prefix", "self_attn.", "--input", xf,
+        script("--state-dict", sd, "--heads", 2, "--head", 1, "--prefix", "self_attn.", "--input", xf,
                "--lengths", lf, "--causal", "--out", data)
         X, Y = np.load(data + "/X_true.npy"), np.load(data + "/Y_true.npy")
         res = fit_dir("wb-dec-fit", X + np.outer(rng.standard_normal(9), np.eye(9)[-1]), Y)
@@ -815,7 +856,7 @@ class RoundTrip(unittest.TestCase):
         template = scrambled(module.state_dict(), prefix, E, heads, head, seed=len(name) + 1)
         torch.save(template, path(name + "-scrambled.pt"))
         r = to_state_dict(res, heads, head, path(name + "-new.pt"), "--state-dict", path(name + "-scrambled.pt"),
-                          *(["--prefix", prefix] if prefix else []))
+                          *(["--prefix", prefix] if prefix else []), via=export)
         self.assertLessEqual(r["truncation_sigma_ratio"], 1e-8)
         new = torch.load(path(name + "-new.pt"))
         check_others_untouched(self, new, template, prefix, E, heads, head)
@@ -882,11 +923,11 @@ class CompareSets(unittest.TestCase):
         cls.base = ["--state-dict", cls.sd, "--heads", 2, "--head", 0, "--input", cls.xf, "--lengths", cls.lf]
         cls.held = ["--heldout-input", cls.hf, "--heldout-lengths", cls.hlf]
         cls.data, cls.cdata = path("cs"), path("cs-causal")
-        export(*cls.base, "--out", cls.data)
-        export(*cls.base, "--causal", "--out", cls.cdata)
+        script(*cls.base, "--out", cls.data)
+        script(*cls.base, "--causal", "--out", cls.cdata)
 
     def compare(self, result, *extra, check=True):
-        p = export(*self.base, "--compare", result, *self.held, "--json", *extra, check=check)
+        p = script(*self.base, "--compare", result, *self.held, "--json", *extra, check=check)
         return json.loads(p.stdout) if check else p
 
     def test_truth_and_perturbed(self):
@@ -920,13 +961,13 @@ class CompareSets(unittest.TestCase):
                 self.assertAlmostEqual(r[key][k + "_mean"], np.mean(per), delta=1e-15)
                 self.assertGreater(min(per), 1e-4)
         # The causal comparison of the same fit differs (the mask is applied).
-        c = json.loads(export("--state-dict", self.sd, "--heads", 2, "--head", 0, "--input", self.xf, "--lengths",
+        c = json.loads(script("--state-dict", self.sd, "--heads", 2, "--head", 0, "--input", self.xf, "--lengths",
                               self.lf, "--causal", "--compare", fit_dir("cs-perturbed", Xp, Y), *self.held,
                               "--json").stdout)
         cseg_loss = oracle_rel_loss(self.cdata, seg, causal=True, X=Xp)
         self.assertAlmostEqual(c["input"]["output_rel_error"], np.sqrt(cseg_loss), delta=1e-9 * np.sqrt(cseg_loss))
         self.assertNotAlmostEqual(c["input"]["output_rel_error"], r["input"]["output_rel_error"], delta=1e-6)
-        txt = export(*self.base, "--compare", path("cs-perturbed"), *self.held).stdout
+        txt = script(*self.base, "--compare", path("cs-perturbed"), *self.held).stdout
         self.assertRegex(txt, r"input +.*cs-x.npy \(3 sequences\) +n=51 +attention rel. error")
         self.assertRegex(txt, r"max over the 2 sequences +attention rel. error [0-9.e-]+ +output rel. error")
         self.assertRegex(txt, r"\n +sequence 1 +n=12 +attention rel. error")
@@ -950,11 +991,11 @@ class CompareSets(unittest.TestCase):
         self.assertIn("solved without --causal (summary.json)", p.stderr)
         # The training sequences must be the solve's.
         np.save(path("cs-len2.npy"), np.array([24, 10, 16]))
-        p = export("--state-dict", self.sd, "--heads", 2, "--head", 0, "--input", self.xf, "--lengths",
+        p = script("--state-dict", self.sd, "--heads", 2, "--head", 0, "--input", self.xf, "--lengths",
                    path("cs-len2.npy"), "--compare", res2, check=False)
         self.assertEqual(p.returncode, 3)
         self.assertIn("holds 3 sequences (lengths 24, 10, 17), but --input", p.stderr)
-        p = export("--state-dict", self.sd, "--heads", 2, "--head", 1, "--input", self.xf, "--lengths", self.lf,
+        p = script("--state-dict", self.sd, "--heads", 2, "--head", 1, "--input", self.xf, "--lengths", self.lf,
                    "--compare", res2, check=False)
         self.assertEqual(p.returncode, 2)
         self.assertIn("head 0 of 2 (info.json), not --head 1", p.stderr)
@@ -1014,7 +1055,7 @@ class BadSets(Expect, unittest.TestCase):
         e(3, ["--segments", "bs-s-0.npy", "first offset 1"], *ok, "--input", x2, "--segments", path("bs-s-0.npy"))
         e(2, ["--lengths and --segments"], *ok, "--input", x3, "--lengths", path("bs-l0.npy"), "--segments",
           path("bs-s-0.npy"))
-        p = export(*ok, "--input", x3, "--compare", self.fit, "--heldout-lengths", path("bs-l0.npy"), check=False)
+        p = script(*ok, "--input", x3, "--compare", self.fit, "--heldout-lengths", path("bs-l0.npy"), check=False)
         self.assertEqual((p.returncode, p.stderr.count("\n")), (2, 1))
         self.assertIn("--heldout-lengths: needs --heldout-input", p.stderr)
         e(2, ["--batch-index 2", "out of range", "2 sequences"], *ok, "--input", x3, "--batch-index", 2)
@@ -1040,11 +1081,16 @@ class BadSets(Expect, unittest.TestCase):
         e(4, ["--out", "is a directory"], "--to-state-dict", self.fit, *tsd, out=path("bs-dir"))
         e(2, ["--input", "reads no inputs"], "--to-state-dict", self.fit, *tsd, "--input", path("bs-x.npy"), out=out)
         e(2, ["--head 2", "out of range"], "--to-state-dict", self.fit, "--heads", 2, "--head", 2, out=out)
+        np.save(path("bs-u.npy"), np.ones(4))
+        e(3, ["--flat", "bs-u.npy", "shape (4,)", "d = 5"], "--to-state-dict", self.fit, *tsd, "--flat", path("bs-u.npy"),
+          out=out)
+        e(2, ["--flat goes with --to-state-dict"], *["--state-dict", self.sd, "--heads", 2, "--head", 0], "--input",
+          path("bs-x.npy"), "--flat", path("bs-u.npy"))
         e(2, ["--compare", "--to-state-dict"], "--to-state-dict", self.fit, "--compare", self.fit, *tsd, out=out)
         self.assertFalse(os.path.exists(out))
-        export("--to-state-dict", self.fit, *tsd, "--state-dict", self.sdb, "--out", out)  # the good one works
+        script("--to-state-dict", self.fit, *tsd, "--state-dict", self.sdb, "--out", out)  # the good one works
         torch.load(out)
-        export("--to-state-dict", self.fit, *tsd, "--out", path("bs-existing.pt"), "--force")
+        script("--to-state-dict", self.fit, *tsd, "--out", path("bs-existing.pt"), "--force")
         self.assertIn("in_proj_weight", torch.load(path("bs-existing.pt")))
 
 

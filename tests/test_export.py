@@ -712,6 +712,17 @@ class WayBack(unittest.TestCase):
         broken = torch.nn.MultiheadAttention(8, 2).double().eval()
         broken.load_state_dict(template)
         self.assertGreater(rel(mha_forward(broken, self.held, self.held_len), ref), 1e-2)  # the test can fail
+        # The same template with separate q/k/v_proj_weight (the layout export accepts too): the same rows.
+        split = {k: v for k, v in template.items() if k != "in_proj_weight"}
+        for j, n in enumerate("qkv"):
+            split[n + "_proj_weight"] = template["in_proj_weight"][8 * j:8 * (j + 1)].clone()
+        torch.save(split, path("wb-split.pt"))
+        to_state_dict(res, 2, 1, path("wb-split-new.pt"), "--state-dict", path("wb-split.pt"))
+        got = torch.load(path("wb-split-new.pt"))
+        self.assertEqual(set(got), set(split))
+        for j, n in enumerate("qkv"):
+            self.assertTrue(torch.equal(got[n + "_proj_weight"], new["in_proj_weight"][8 * j:8 * (j + 1)]), n)
+        self.assertTrue(torch.equal(got["in_proj_bias"], new["in_proj_bias"]))
 
     def test_full_rank_fit_truncated(self):
         Xn = self.X + 1e-3 * np.random.default_rng(6).standard_normal(self.X.shape)

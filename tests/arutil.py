@@ -99,3 +99,20 @@ def planted(tmp, name, **kw):
             args += ["--" + k.replace("_", "-")] + ([] if v is True else [v])
         run(2, *args)
     return d
+
+
+def masked_model(A1, A2, A3, X, Y, segments=None, causal=False):
+    """attnreg's model under issue 19's masks, computed the plain way (an oracle for the packed
+    and causal paths): the whole n x n logit matrix with -inf where row i may not see key k (k in
+    another segment of the offsets `segments`; with causal also k > i), one softmax over the rows.
+    Returns (P, O): the n x n attention map (zero across segments) and O = P A3 Y."""
+    n = A1.shape[0]
+    o = np.array([0, n]) if segments is None else np.asarray(segments)
+    seg = np.repeat(np.arange(len(o) - 1), np.diff(o))
+    allowed = seg[:, None] == seg[None, :]
+    if causal:
+        allowed &= np.arange(n)[None, :] <= np.arange(n)[:, None]
+    S = np.where(allowed, A1 @ X @ A2.T, -np.inf)
+    P = np.exp(S - S.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    return P, P @ A3 @ Y

@@ -403,20 +403,6 @@ class BadInput(Expect, unittest.TestCase):
         self.assertFalse([f for f in os.listdir(TMP) if ".tmp-" in f or ".old-" in f])
 
 
-def solver_has_masks():
-    """Issue 19: the lead is adding --segments and --causal to the C solver.  The round trips that
-    solve packed or causal sets need them; until `attnreg solve --help` lists both they skip with
-    NEED_MASKS.  The lead removes this guard (the skipUnless decorators below) when the C side
-    lands: from then on they must run and pass."""
-    p = run(0, "solve", "--help", check=False)
-    return "--segments" in p.stdout and "--causal" in p.stdout
-
-
-MASKS = solver_has_masks()
-NEED_MASKS = ("needs attnreg solve --segments and --causal (issue 19, the C side), which %s solve --help does "
-              "not list yet; the exported data is checked by the NumPy oracle in Calibration meanwhile" % ATTNREG)
-
-
 def random_mha(seed, E, H, bias=True):
     """A float64 MultiheadAttention in eval mode with random weights (and random biases: torch
     starts them at zero)."""
@@ -897,7 +883,6 @@ class RoundTrip(unittest.TestCase):
     def test_single_sequence_no_bias(self):
         self.single("rt-nobias", False)
 
-    @unittest.skipUnless(MASKS, NEED_MASKS)  # the lead removes this guard when --segments/--causal land
     def test_packed_padded_set(self):
         rng = np.random.default_rng(12)
         lengths = [40, 13, 27, 6, 1]
@@ -906,7 +891,6 @@ class RoundTrip(unittest.TestCase):
         held = (padded(rng, [35, 8, 20], 35, 8, pad=0.0), [35, 8, 20])
         self.roundtrip("rt-packed", m, lambda: random_mha(97, 8, 2), mha_forward, 2, 0, train, held)
 
-    @unittest.skipUnless(MASKS, NEED_MASKS)  # the lead removes this guard when --segments/--causal land
     def test_causal_decoder_layer(self):
         rng = np.random.default_rng(13)
         layer = random_decoder_layer(54)

@@ -129,9 +129,10 @@ static void block_bounds(ar_eval ev, int owner)
 }
 
 /* The boxes of tile rows [j0, j0 + r) against block keys [c0, c1): the rows whose keys meet
- * the chunk, in runs that are cut where a box would hold more than twice as many entries as
- * unmasked ones (FlashAttention's diagonal tiles are at that ratio), or at a row that sees
- * nothing here.  Returns how many (at most r). */
+ * the chunk, in runs that are cut where a row's keys do not overlap the box's (the next
+ * sequence), where a box would hold more than twice as many entries as unmasked ones
+ * (FlashAttention's diagonal tiles are at that ratio), or at a row that sees nothing here.
+ * Returns how many (at most r). */
 static int tile_boxes(ar_eval ev, int64_t j0, int64_t r, int64_t c0, int64_t c1, struct ar_box_s *bx)
 {
   int nb = 0;
@@ -150,7 +151,7 @@ static int tile_boxes(ar_eval ev, int64_t j0, int64_t r, int64_t c0, int64_t c1,
       const int64_t l2 = ev->blk_lo[j] > c0 ? ev->blk_lo[j] : c0, h2 = ev->blk_hi[j] < c1 ? ev->blk_hi[j] : c1;
       if (l2 >= h2) break;
       const int64_t nl = l2 < bl ? l2 : bl, nh = h2 > bh ? h2 : bh, rows = j - a + 1;
-      if (rows > 8 && (double)rows * (double)(nh - nl) > 2 * (un + (double)(h2 - l2))) break;
+      if (l2 >= bh || (rows > 8 && (double)rows * (double)(nh - nl) > 2 * (un + (double)(h2 - l2)))) break;
       partial |= nl != bl || nh != bh || l2 != nl || h2 != nh;
       bl = nl, bh = nh, un += (double)(h2 - l2), j++;
     }

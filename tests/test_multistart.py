@@ -115,7 +115,8 @@ class MultiStart(unittest.TestCase):
         p = self.solve(2, os.path.join(TMP, "ck-bad"), "--starts", 16, "--strategy", "norm", "--restart", ck,
                        check=False)
         self.assertEqual(p.returncode, 2, p.stderr)
-        self.assertIn("written with other --starts, --strategy", p.stderr)
+        self.assertIn("written with --starts 16 --strategy starts --no-race off --start-seed 1 --start-scale 1; "
+                      "this run has --strategy norm", p.stderr)
 
     def test_memory_budget_picks_the_step(self):
         """Bug: with --starts the memory budget's choice of step was ignored (each start re-chose it
@@ -155,7 +156,7 @@ class MultiStart(unittest.TestCase):
     def test_signal_before_any_start_finished(self):
         """Bug: a signal before any start of the round finished printed `best start -1` and read the
         row before the table (rows[-1]).  The signal (test hook: raised during setup, on every rank)
-        stops the job with status 75 and says that no start finished; the checkpoint it writes holds
+        stops the job with status 75, the round line says so; the checkpoint it writes holds
         no round, and the restart from it runs the whole ensemble.  Not --quiet: the round line
         is the one that went wrong."""
         ck, out = os.path.join(TMP, "early.ckpt"), os.path.join(TMP, "early")
@@ -163,7 +164,7 @@ class MultiStart(unittest.TestCase):
                        env=dict(ENV, ATTNREG_FAULT="signal-startup:1"))
         self.assertEqual(p.returncode, 75, p.stderr)
         self.assertNotIn("best start -1", p.stdout)
-        self.assertIn("round 1/1: starts 0-7: no start finished", p.stdout)
+        self.assertIn("round 1/1: starts 0-7 stopped by a signal (the round is redone on --restart)", p.stdout)
         self.assertIn("multi-start stopped by a signal after 0 of 8 starts; checkpoint written to", p.stderr)
         self.assertFalse(os.path.exists(out))
         r = self.solve(2, out, "--starts", 8, "--restart", ck, quiet=False)

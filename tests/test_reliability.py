@@ -334,11 +334,12 @@ class Checkpoint(unittest.TestCase):
             (["--data", self.data, "--restart", corrupt], 3, "checksum mismatch"),
             (["--data", self.data, "--restart", trunc], 3, "checksum mismatch"),
             (["--data", self.data, "--restart", self.data + "/B.npy"], 3, "not an attnreg checkpoint"),
-            (["--data", self.data, "--restart", ck, "--method", "alternating"], 2, "another --method"),
+            (["--data", self.data, "--restart", ck, "--method", "alternating"], 2, "this run has --method alternating"),
             (["--data", self.data, "--restart", ck, "--hessian", "exact"], 2, "--hessian"),
             (["--data", self.data, "--restart", ck, "--chord-steps", "0"], 2, "--chord-steps"),
             (["--data", self.data, "--restart", ck, "--lambda-x", "0.5"], 2, "--lambda-x"),
-            (["--data", self.data, "--restart", ck, "--lambda-y", "0.5"], 2, "written with --lambda-x 0 --lambda-y 0"),
+            (["--data", self.data, "--restart", ck, "--lambda-y", "0.5"], 2,
+             "--lambda-x 0 --lambda-y 0; this run has --lambda-y 0.5"),
             (["--data", REF + "/tiny", "--restart", ck], 3, "written for n=1536 d=12 m=6"),
         ]
         for i, (args, code, msg) in enumerate(cases):

@@ -339,7 +339,7 @@ class Checkpoint(unittest.TestCase):
             (["--data", self.data, "--restart", ck, "--chord-steps", "0"], 2, "--chord-steps"),
             (["--data", self.data, "--restart", ck, "--lambda-x", "0.5"], 2, "--lambda-x"),
             (["--data", self.data, "--restart", ck, "--lambda-y", "0.5"], 2,
-             "--lambda-x 0 --lambda-y 0; this run has --lambda-y 0.5"),
+             "--lambda-x 0 --lambda-y 0; this run has --whiten off --lambda-y 0.5"),
             (["--data", REF + "/tiny", "--restart", ck], 3, "written for n=1536 d=12 m=6"),
         ]
         for i, (args, code, msg) in enumerate(cases):

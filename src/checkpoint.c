@@ -335,11 +335,11 @@ int ar_checkpoint_save(MPI_Comm comm, const char *path, const ar_checkpoint *c)
 }
 
 /* Rank 0: the whole file into *buf. */
-static int read_file(const char *path, unsigned char **out, size_t *len)
+static int read_file(const char *name, const char *path, unsigned char **out, size_t *len)
 {
   *out = NULL, *len = 0;
   FILE *f = fopen(path, "rb");
-  AR_CHECK(f, AR_ERR_DATA, "--restart %s: cannot open: %s", path, strerror(errno));
+  AR_CHECK(f, AR_ERR_DATA, "%s: cannot open: %s", name, strerror(errno));
   unsigned char *buf = NULL;
   size_t cap = 0, got;
   do {
@@ -349,7 +349,7 @@ static int read_file(const char *path, unsigned char **out, size_t *len)
       if (!b) {
         free(buf);
         fclose(f);
-        return AR_ERROR(AR_ERR_DATA, "--restart %s: too large or out of memory", path);
+        return AR_ERROR(AR_ERR_DATA, "%s: too large or out of memory", name);
       }
       buf = b;
     }
@@ -360,32 +360,34 @@ static int read_file(const char *path, unsigned char **out, size_t *len)
   fclose(f);
   if (rerr) {
     free(buf);
-    return AR_ERROR(AR_ERR_IO, "--restart %s: read error", path);
+    return AR_ERROR(AR_ERR_IO, "%s: read error", name);
   }
   *out = buf;
   return AR_OK;
 }
 
-int ar_checkpoint_load(MPI_Comm comm, const char *path, ar_checkpoint *c)
+int ar_checkpoint_load(MPI_Comm comm, const char *option, const char *path, ar_checkpoint *c)
 {
   memset(c, 0, sizeof *c);
+  char name[4200];
+  snprintf(name, sizeof name, "%s %s", option, path);
   int rank;
   MPI_Comm_rank(comm, &rank);
   unsigned char *buf = NULL;
   size_t len = 0;
-  int err = rank == 0 ? read_file(path, &buf, &len) : AR_OK;
+  int err = rank == 0 ? read_file(name, path, &buf, &len) : AR_OK;
   AR_CALL_AGREE(comm, err);
   uint64_t n = len;
   err = MPI_Bcast(&n, 1, MPI_UINT64_T, 0, comm) == MPI_SUCCESS ? AR_OK : AR_ERROR(AR_ERR_MPI, "MPI_Bcast failed");
   if (!err && rank != 0 && !(buf = malloc(n > 0 ? n : 1)))
-    err = AR_ERROR(AR_ERR_MEM, "--restart %s: out of memory", path);
+    err = AR_ERROR(AR_ERR_MEM, "%s: out of memory", name);
   err = ar_error_agree(comm, err);
   /* in pieces below 2 GB: MPI counts are int */
   for (uint64_t off = 0; !err && off < n; off += (uint64_t)1 << 30) {
     const int cnt = (int)(n - off < ((uint64_t)1 << 30) ? n - off : (uint64_t)1 << 30);
     if (MPI_Bcast(buf + off, cnt, MPI_BYTE, 0, comm) != MPI_SUCCESS) err = AR_ERROR(AR_ERR_MPI, "MPI_Bcast failed");
   }
-  if (!err) err = ar_checkpoint_parse(buf, n, path, c);
+  if (!err) err = ar_checkpoint_parse(buf, n, name, c);
   free(buf);
   return ar_error_agree(comm, err);
 }

@@ -104,8 +104,9 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
 /* Collective: rank 0 writes c to path atomically (temporary file, fsync, rename); the outcome
  * is agreed.  c need only be valid on rank 0. */
 int ar_checkpoint_save(MPI_Comm comm, const char *path, const ar_checkpoint *c);
-/* Collective: rank 0 reads path, every rank parses the same bytes; the outcome is agreed. */
-int ar_checkpoint_load(MPI_Comm comm, const char *path, ar_checkpoint *c);
+/* Collective: rank 0 reads path, every rank parses the same bytes; the outcome is agreed.
+ * Messages name it "OPTION PATH". */
+int ar_checkpoint_load(MPI_Comm comm, const char *option, const char *path, ar_checkpoint *c);
 void ar_checkpoint_free(ar_checkpoint *c); /* not collective; a zeroed c is fine */
 
 /* Namers for the identity lists: "on" / "off" for 0/1 fields; a field not shown in messages. */

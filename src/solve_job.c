@@ -220,7 +220,7 @@ int ar_job_setup(MPI_Comm world, MPI_Comm comm, solve_cfg *s, const ar_option *o
     for (int i = 0; i < nfiles; i++) AR_CALL(ar_out_add(&j->out, files[i]));
   }
   if (s->restart) {
-    AR_CALL(ar_checkpoint_load(world, s->restart, &j->restart));
+    AR_CALL(ar_checkpoint_load(world, "--restart", s->restart, &j->restart));
     j->have_restart = 1;
     AR_CALL_AGREE(world, check_restart(j, s->restart, &j->restart, ckpt_kind));
   }

@@ -1,7 +1,7 @@
 /* Checkpoint files (checkpoint.h).  Format version 4, little-endian, every field written on its
  * own (no struct is dumped, so padding and layout never reach the file):
  *
- *   "ARCKPT" 0x04 0x00 | kind i32 (1 solve, 2 multi-start) |
+ *   "ARCKPT" 0x04 0x00 | layout u64 | kind i32 (1 solve, 2 multi-start) |
  *   identity: AR_CKPT_DATA_FIELDS, AR_CKPT_OPTION_FIELDS in list order |
  *   solve:       the scalars of ar_solver_state in AR_STATE_FIELDS order | D i32 | z[D] f64 |
  *                zf[D] f64 | nhist i32 (= iter + 1) | nhist history rows
@@ -11,6 +11,8 @@
  *   | FNV-1a 64 checksum of every byte before it.
  *
  * A history row is the fields of ar_iter_info in AR_ITER_FIELDS order (int: i32, double: f64).
+ * layout: FNV-1a of the types and names of every list above, in order: a file written with
+ * other lists (a field added, removed or retyped) is refused, without a version bump.
  * Version 3 (solve only, fixed identity) and the separate multi-start format "ARENSM" 1 of
  * earlier versions are refused with a message that says so. */
 #include "checkpoint.h"
@@ -39,6 +41,16 @@ static uint64_t fnv1a(const unsigned char *p, size_t len)
   for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
   return h;
 }
+
+/* The layout: every list's types and names as text, hashed. */
+#define LAYOUT_FIELD(type, name, ...) #type " " #name ";"
+#define LAYOUT_FIELD2(type, name) #type " " #name ";"
+static const char layout_text[] =
+    "identity:" AR_CKPT_DATA_FIELDS(LAYOUT_FIELD, _) AR_CKPT_OPTION_FIELDS(LAYOUT_FIELD, _)
+    "state:" AR_STATE_FIELDS(LAYOUT_FIELD2) "history:" AR_ITER_FIELDS(LAYOUT_FIELD2)
+    "ensemble:" AR_CKPT_ENSEMBLE_FIELDS(LAYOUT_FIELD, _) "start:" AR_START_FIELDS(LAYOUT_FIELD2);
+
+static uint64_t layout(void) { return fnv1a((const unsigned char *)layout_text, sizeof layout_text - 1); }
 
 /* ---- writing: a growing buffer; an allocation failure is remembered and reported once */
 typedef struct {
@@ -92,6 +104,7 @@ int ar_checkpoint_serialize(const ar_checkpoint *c, unsigned char **out, size_t 
   put(w, magic, 6);
   const unsigned char version[2] = {AR_CKPT_VERSION, 0};
   put(w, version, 2);
+  put_uint64_t(w, layout());
   put_int(w, c->kind);
   {
     const ar_ckpt_identity *S = &c->id;
@@ -274,12 +287,18 @@ int ar_checkpoint_parse(const unsigned char *buf, size_t len, const char *name, 
   AR_CHECK(len >= 8 && !memcmp(buf, magic, 6), AR_ERR_DATA, "%s: not an attnreg checkpoint", name);
   AR_CHECK(buf[6] == AR_CKPT_VERSION && buf[7] == 0, AR_ERR_DATA,
            "%s: checkpoint format version %d, written by %s attnreg, is not supported: this attnreg reads version %d "
-           "(start again without --restart)", name, buf[6], buf[6] < AR_CKPT_VERSION ? "an earlier" : "another", AR_CKPT_VERSION);
+           "(start again without --restart)", name, buf[6], buf[6] < AR_CKPT_VERSION ? "an earlier" : "another",
+           AR_CKPT_VERSION);
   AR_CHECK(len >= 16, AR_ERR_DATA, "%s: truncated checkpoint", name);
   uint64_t sum;
   memcpy(&sum, buf + len - 8, 8);
   AR_CHECK(sum == fnv1a(buf, len - 8), AR_ERR_DATA, "%s: checksum mismatch (corrupt or truncated checkpoint)", name);
   rbuf rb = {buf, len - 8, 8, 1}, *r = &rb;
+  uint64_t lay = 0;
+  get_uint64_t(r, &lay);
+  AR_CHECK(r->ok && lay == layout(), AR_ERR_DATA,
+           "%s: a checkpoint of format version %d with other fields, written by another version of attnreg, which this "
+           "one does not read (start again without --restart)", name, AR_CKPT_VERSION);
   get_int(r, &c->kind);
   {
     ar_ckpt_identity *S = &c->id;

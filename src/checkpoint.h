@@ -12,7 +12,8 @@
  *   value  its value for the running job J (a solve_job *, solve_job.h); only solve_job.c expands
  *          this column, so this header does not depend on the driver's types
  * Adding an identity field is one line here: the struct, the file format, the comparison on
- * --restart and its message all follow (bump AR_CKPT_VERSION: older files are then refused). */
+ * --restart and its message all follow, and files written before are refused with a message
+ * (the file carries a checksum of every list's types and names, its layout). */
 #ifndef AR_CHECKPOINT_H
 #define AR_CHECKPOINT_H
 

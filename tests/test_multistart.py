@@ -117,6 +117,14 @@ class MultiStart(unittest.TestCase):
         self.assertEqual(p.returncode, 2, p.stderr)
         self.assertIn("written with --starts 16 --strategy starts --no-race off --start-seed 1 --start-scale 1; "
                       "this run has --strategy norm", p.stderr)
+        # a single solve's checkpoint, and the multi-start format of earlier versions, are refused
+        p = self.solve(2, os.path.join(TMP, "ck-bad"), "--restart", ck, check=False)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("a multi-start checkpoint: continue it with the --starts it was written with", p.stderr)
+        old = os.path.join(os.path.dirname(__file__), "fuzz", "corpus_checkpoint", "old_arensm.ckpt")
+        p = self.solve(2, os.path.join(TMP, "ck-bad"), "--starts", 16, "--restart", old, check=False)
+        self.assertEqual(p.returncode, 3, p.stderr)
+        self.assertIn("a multi-start checkpoint of an earlier attnreg (format ARENSM 1)", p.stderr)
 
     def test_memory_budget_picks_the_step(self):
         """Bug: with --starts the memory budget's choice of step was ignored (each start re-chose it

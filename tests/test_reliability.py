@@ -14,6 +14,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from arutil import ATTNREG, ENV, rank_pids, run, state, summary  # noqa: E402
 
+# a checkpoint of format version 3 (attnreg before the one checkpoint module)
+OLD_CKPT = os.path.join(os.path.dirname(__file__), "fuzz", "corpus_checkpoint", "v3_solve_iter2.ckpt")
 TMP = tempfile.mkdtemp(prefix="attnreg-rel-")
 REF = os.path.join(os.path.dirname(__file__), "data", "reference")
 
@@ -341,6 +343,9 @@ class Checkpoint(unittest.TestCase):
             (["--data", self.data, "--restart", ck, "--lambda-y", "0.5"], 2,
              "--lambda-x 0 --lambda-y 0; this run has --whiten off --lambda-y 0.5"),
             (["--data", REF + "/tiny", "--restart", ck], 3, "written for n=1536 d=12 m=6"),
+            (["--data", self.data, "--restart", OLD_CKPT], 3,
+             "checkpoint format version 3, written by an earlier attnreg, is not supported"),
+            (["--data", self.data, "--restart", ck, "--starts", 8], 2, "a single solve's checkpoint"),
         ]
         for i, (args, code, msg) in enumerate(cases):
             np_ = (0, 3)[i % 2]  # every rank checks: one rank (no mpirun, arutil.run) and three, alternately

@@ -75,7 +75,8 @@ int ar_dmat_create(ar_grid g, int N, int nb, ar_dmat *out)
    * has no failure to agree before pdpotrs */
   A->rhs = calloc(A->locr > 0 ? A->locr : 1, sizeof(double));
   AR_CHECK_AGREE(g->comm, A->a && A->fact && A->rhs, AR_ERR_MEM,
-                 "out of memory allocating the %d x %d Hessian (2 x %.1f MB per rank)", N, N, 8.0 * (double)cnt / 1048576.0);
+                 "out of memory allocating the %d x %d Hessian (2 x %.1f MB per rank)", N, N,
+                 8.0 * (double)cnt / 1048576.0);
   return AR_OK;
 }
 

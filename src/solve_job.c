@@ -76,7 +76,10 @@ static const char *fmt_int(char *b, int v, namer_fn nm)
   return b;
 }
 static const char *fmt_int64_t(char *b, int64_t v, namer_fn nm) { return snprintf(b, 64, "%lld", (long long)v), b; }
-static const char *fmt_uint64_t(char *b, uint64_t v, namer_fn nm) { return snprintf(b, 64, "%#llx", (unsigned long long)v), b; }
+static const char *fmt_uint64_t(char *b, uint64_t v, namer_fn nm)
+{
+  return snprintf(b, 64, "%#llx", (unsigned long long)v), b;
+}
 static const char *fmt_double(char *b, double v, namer_fn nm) { return snprintf(b, 64, "%g", v), b; }
 
 /* A comparison of one list: what the file says, what this run has, the first hidden field that

@@ -1,5 +1,6 @@
 /* attnreg eval: L, its gradient and optionally the joint Hessian at given X, Y. */
 #include <math.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -9,41 +10,8 @@
 #include "error.h"
 #include "npy.h"
 #include "output.h"
+#include "report.h"
 #include "timing.h"
-
-static int write_eval_json(MPI_Comm comm, ar_out *out, ar_problem prob, ar_grid grid, ar_dmat H, int64_t tile, int64_t chunk,
-                           const ar_eval_out *r, double gnorm, const double t[6], double flops, double rss)
-{
-  int rank, size, pr = 0, pc = 0;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
-  ar_grid_shape(grid, &pr, &pc);
-  static const char *names[6] = {"io", "loss_gradient", "hessian", "reduction", "ring", "write"};
-  double mx[6], avg[6];
-  for (int i = 0; i < 6; i++) ar_cli_time_stats(comm, t[i], &mx[i], &avg[i]);
-  if (rank != 0) return AR_OK;
-  FILE *f = ar_out_fopen(out, "eval.json");
-  AR_CHECK(f, AR_ERR_IO, "%s", ar_error_message());
-  int64_t n;
-  int d, m;
-  ar_problem_sizes(prob, &n, &d, &m);
-  double comp = mx[1] + mx[2] + mx[3] + mx[4];
-  fprintf(f, "{\n  \"loss\": %.17g,\n  \"rel_loss\": %.17g,\n  \"grad_norm\": %.17g,\n", r->loss,
-          r->loss / ar_problem_bnorm2(prob), gnorm);
-  fprintf(f, "  \"n\": %lld,\n  \"d\": %d,\n  \"m\": %d,\n  \"ranks\": %d,\n  \"grid\": \"%dx%d\",\n", (long long)n, d,
-          m, size, pr, pc);
-  fprintf(f, "  \"nb\": %d,\n  \"tile\": %lld,\n  \"chunk\": %lld,\n", H ? ar_dmat_nb(H) : 0, (long long)tile,
-          (long long)chunk);
-  ar_blas_json(f, "  ");
-  fprintf(f, "  \"flops\": %.6g,\n  \"gflops\": %.6g,\n  \"peak_rss_mb_max\": %.1f,\n", flops,
-          comp > 0 ? flops / comp * 1e-9 : 0.0, rss);
-  fprintf(f, "  \"timings\": {\n");
-  for (int i = 0; i < 6; i++)
-    fprintf(f, "    \"%s\": {\"max\": %.6f, \"avg\": %.6f}%s\n", names[i], mx[i], avg[i], i < 5 ? "," : "");
-  fprintf(f, "  }\n}\n");
-  AR_CHECK(fclose(f) == 0, AR_ERR_IO, "%s/eval.json: write failed", out->dir);
-  return AR_OK;
-}
 
 int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
 {
@@ -69,7 +37,9 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
   int rank;
   MPI_Comm_rank(comm, &rank);
   if (rank == 0 && !c.quiet) ar_blas_print(stdout, "attnreg eval: ");
-  double t[6] = {0}, t0 = ar_wtime();
+  ar_phase_times t;
+  memset(&t, 0, sizeof t);
+  const double t0 = ar_wtime();
   ar_problem prob = NULL;
   ar_grid grid = NULL;
   ar_dmat H = NULL;
@@ -87,24 +57,27 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
   }
   if (!err) err = ar_cli_load_matrix(comm, "--x", xpath, d, d, X);
   if (!err) err = ar_cli_load_matrix(comm, "--y", ypath, d, m, Y);
+  t.t[AR_PHASE_IO] = ar_wtime() - t0;
   if (!err && hess) err = ar_dmat_create(grid, d * d + d * m, c.nb, &H);
   if (!err) err = ar_error_agree(comm, err);
   if (!err) err = ar_eval_create(prob, &c.eval, &ev);
   if (!err) err = ar_out_begin(comm, "--out", outdir, &out);
   const char *files[4] = {"eval.json", "grad_X.npy", "grad_Y.npy", "hessian.npy"};
   for (int i = 0; i < (hess ? 4 : 3) && !err; i++) err = ar_out_add(&out, files[i]);
-  t[0] = ar_wtime() - t0;
+  t.t[AR_PHASE_SETUP] = ar_wtime() - t0 - t.t[AR_PHASE_IO];
   ar_eval_out r = {.grad = g, .hess = H};
   ar_progress *prog = rank == 0 && !c.quiet ? ar_progress_create(stderr, 10.0, 5.0) : NULL;
   ar_progress_start(prog, "eval");
   if (!err) ar_eval_set_progress(ev, prog);
+  const double tc = ar_wtime();
   if (!err) err = ar_eval_compute(ev, X, Y, (ar_hessian_kind)hess, &r);
+  t.t[AR_PHASE_TOTAL] = ar_wtime() - tc;
   if (ev) ar_eval_set_progress(ev, NULL);
   ar_progress_destroy(&prog);
   if (!err) err = ar_error_agree(comm, err);
   if (!err && !isfinite(r.loss)) err = AR_ERROR(AR_ERR_NUMERIC, "the loss is not finite at the given X, Y");
-  t[1] = r.t_kernel, t[2] = r.t_hess, t[3] = r.t_reduce, t[4] = r.t_ring;
-  double t1 = ar_wtime(), gnorm = 0, flops = 0, rss = 0;
+  ar_phases_add_eval(&t, &r);
+  double t1 = ar_wtime(), gnorm = 0;
   if (!err) {
     for (int i = 0; i < d * d + d * m; i++) gnorm += g[i] * g[i];
     gnorm = sqrt(gnorm);
@@ -116,14 +89,13 @@ int ar_cmd_eval(MPI_Comm comm, int argc, char **argv)
     if (!err && H) err = ar_dmat_write_npy(H, ar_out_path(&out, "hessian.npy", path, sizeof path));
     err = ar_error_agree(comm, err);
   }
-  t[5] = ar_wtime() - t1;
+  t.t[AR_PHASE_WRITE] = ar_wtime() - t1;
   if (!err) {
-    double rl = ar_peak_rss_mb();
-    double in[2] = {r.flops, rl}, sum[2], mx[2];
-    err = MPI_Allreduce(in, sum, 2, MPI_DOUBLE, MPI_SUM, comm) || MPI_Allreduce(in, mx, 2, MPI_DOUBLE, MPI_MAX, comm);
-    err = err ? AR_ERROR(AR_ERR_MPI, "MPI_Allreduce of the report failed") : AR_OK;
-    flops = sum[0], rss = mx[1];
-    if (!err) err = ar_error_agree(comm, write_eval_json(comm, &out, prob, grid, H, ar_eval_tile(ev), ar_eval_chunk(ev), &r, gnorm, t, flops, rss));
+    ar_report R;
+    ar_report_begin(&R, comm, prob, ev, grid);
+    R.nb = H ? ar_dmat_nb(H) : 0, R.loss = r.loss, R.grad_norm = gnorm, R.flops = r.flops, R.times = t;
+    R.wall = ar_wtime() - t0, R.opts = opts, R.nopts = nopts;
+    err = ar_report_write(&R, &out, "eval.json");
   }
   if (!err) err = ar_out_commit(&out);
   if (err) ar_out_abort(&out);

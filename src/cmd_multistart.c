@@ -7,7 +7,8 @@
  * point so far is shared.  Racing stops a start early once it sits at a nearly stationary point
  * clearly worse than the best of the earlier rounds; since it uses earlier rounds only, and
  * every start's point is a function of (seed, start index), the outcome does not depend on the
- * rank count or R.  A checkpoint holds the finished rounds; a restart redoes the round in flight.
+ * rank count or R.  A checkpoint holds the finished rounds (checkpoint.c, kind multi-start); a
+ * round a signal cut short is redone on --restart, and its results are not used before.
  *
  * Strategies (per start k >= 1; start 0 is the user's start):
  *   starts  X0 entries N(0, scale^2) in the user's variables, Y0 by least squares
@@ -19,20 +20,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "commands.h"
 #include "error.h"
-#include "hash.h"
-#include "npy.h"
-#include "solve_cli.h"
+#include "multistart.h"
+#include "solve_job.h"
 #include "timing.h"
 
-#define ROUND 8       /* starts per round: racing sees only earlier rounds */
-#define NORM_ITERS 30 /* fixed-norm search steps before Newton */
+#define ROUND AR_MULTISTART_ROUND /* starts per round: racing sees only earlier rounds */
+#define NORM_ITERS 30             /* fixed-norm search steps before Newton */
 
-/* One start's outcome, as doubles so that a round is one allreduce. */
-enum { F_DONE, F_GROUP, F_STRATEGY, F_SCALE, F_ITERS, F_LOSS, F_REL, F_GRAD, F_REASON, F_SECONDS, F_STOPPED, F_N };
+/* A start's row is only doubles: a round's rows are one allreduce. */
+#define AR_START_COUNT(type, name) +1
+_Static_assert(sizeof(ar_start_row) == sizeof(double) * (0 AR_START_FIELDS(AR_START_COUNT)), "ar_start_row: doubles");
 
 typedef struct {
   double best_rel, g0; /* racing: the best relative loss of earlier rounds; |g| at the start */
@@ -62,20 +61,20 @@ static int race(const ar_iter_info *it, void *ctx)
 typedef struct {
   double *X, *Y;
   ar_iter_info *hist;
-  int nhist;
+  int nhist;              /* rows */
 } slot;
 
 typedef struct {
   MPI_Comm world, group;
-  int wrank, wsize, grank, gid, ngroups, R, K;
+  int wrank, wsize, grank, gid, ngroups, R, K, nb;
   solve_cfg *s;
-  solve_run u;            /* the group's problem, evaluator, grid */
-  double *X0, *Y0;        /* start 0 in the solver's variables (from setup) */
-  double *bestX, *bestY;  /* the best so far in the solver's variables, on every rank */
-  int best_k;             /* -1: none yet */
+  solve_job j;             /* the group's problem, evaluator, grid; the world's output directory */
+  double *bestX, *bestY;   /* the best so far in the solver's variables, on every rank */
+  double *uz;              /* D: the best point in the user's variables (checkpoints) */
+  int best_k;              /* -1: none yet */
   ar_iter_info *best_hist; /* world rank 0: the best start's history */
-  int best_nhist;
-  double *rows;           /* K x F_N, global after each round */
+  int best_nhist;          /* its rows */
+  ar_start_row *rows;      /* K rows, global after each round */
   slot slots[ROUND];
   double norm_a1, norm_a2; /* ||A1||_F, ||A2||_F of the problem solved */
 } ensemble;
@@ -88,14 +87,14 @@ static int strategy_of(const ensemble *e, int k)
 /* Collective (group): the start point of start k in the solver's variables, into X, Y. */
 static int start_point(ensemble *e, int k, double *X, double *Y, double *scale)
 {
-  solve_run *u = &e->u;
+  solve_job *u = &e->j;
   const int d = u->d, m = u->m, dd = d * d;
   const uint64_t seed = (uint64_t)e->s->start_seed;
   int st = strategy_of(e, k);
   if (st == AR_STRATEGY_HOP && e->best_k < 0) st = AR_STRATEGY_STARTS;
   *scale = 0;
   if (k == 0) {
-    memcpy(X, e->X0, sizeof(double) * dd), memcpy(Y, e->Y0, sizeof(double) * d * m);
+    memcpy(X, u->X, sizeof(double) * dd), memcpy(Y, u->Y, sizeof(double) * d * m);
     return AR_OK;
   }
   if (st == AR_STRATEGY_STARTS) { /* in the user's variables: --start-scale means what it says */
@@ -122,187 +121,138 @@ static int start_point(ensemble *e, int k, double *X, double *Y, double *scale)
   return ar_fixed_norm_search(u->ev, X, Y, NORM_ITERS, &loss, &evals);
 }
 
-/* Collective (group): solve start k into slot sl; group rank 0 fills its row. */
+/* Collective (group): solve start k into slot sl with the job's options (the Newton step the
+ * memory budget chose); group rank 0 fills its row. */
 static int run_start(ensemble *e, int k, slot *sl)
 {
-  solve_run *u = &e->u;
-  double *row = e->rows + (size_t)k * F_N, t0 = ar_wtime(), scale;
+  double t0 = ar_wtime(), scale;
   AR_CALL(start_point(e, k, sl->X, sl->Y, &scale));
   race_ctx rc = {INFINITY, 0};
-  for (int j = 0; j < k - k % ROUND; j++) /* the best of the earlier rounds */
-    if (e->rows[(size_t)j * F_N + F_DONE] > 0) rc.best_rel = fmin(rc.best_rel, e->rows[(size_t)j * F_N + F_REL]);
-  ar_solver_options so = e->s->so;
-  so.nb = e->s->c.nb;
+  for (int i = 0; i < k - k % ROUND; i++) /* the best of the earlier rounds */
+    if (e->rows[i].done > 0) rc.best_rel = fmin(rc.best_rel, e->rows[i].rel_loss);
+  ar_solver_options so = ar_job_solver_options(&e->j);
   so.monitor = race_monitor, so.monitor_ctx = &rc;
   so.stop = e->s->no_race ? NULL : race, so.stop_ctx = &rc;
-  so.interrupt = ar_solve_signal_flag();
   ar_solve_result r = {0};
-  const int err = ar_solve(u->prob, u->ev, u->grid, &so, sl->X, sl->Y, &r);
-  if (!err && e->grank == 0) {
-    const double v[F_N] = {[F_DONE] = 1, [F_GROUP] = e->gid, [F_STRATEGY] = strategy_of(e, k), [F_SCALE] = scale,
-                           [F_ITERS] = r.iterations, [F_LOSS] = r.loss, [F_REL] = r.rel_loss,
-                           [F_GRAD] = r.grad_norm, [F_REASON] = r.reason, [F_SECONDS] = ar_wtime() - t0,
-                           [F_STOPPED] = r.reason == AR_STOPPED_EARLY};
-    memcpy(row, v, sizeof v);
-  }
-  sl->hist = r.history, sl->nhist = r.iterations;
+  const int err = ar_job_solve(&e->j, &so, sl->X, sl->Y, &r);
+  if (!err && e->grank == 0)
+    e->rows[k] = (ar_start_row){.done = 1, .group = e->gid, .strategy = strategy_of(e, k), .scale = scale,
+                                .iterations = r.iterations, .loss = r.loss, .rel_loss = r.rel_loss,
+                                .grad_norm = r.grad_norm, .reason = r.reason, .seconds = ar_wtime() - t0,
+                                .stopped_early = r.reason == AR_STOPPED_EARLY, .hessvecs = r.hessvecs};
+  if (!err) e->nb = r.nb;
+  sl->hist = r.history, sl->nhist = r.iterations + 1;
   free(r.grad);
   return err;
 }
 
-/* Collective (world): share the round's rows; if its best beats the earlier ones, every rank
- * gets its point and world rank 0 its history. */
+/* Collective (world): if the round's best beats the earlier ones, every rank gets its point and
+ * world rank 0 its history. */
 static int end_round(ensemble *e, int k0, int k1)
 {
-  const int dd = e->u.d * e->u.d, dm = e->u.d * e->u.m;
-  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, e->rows + (size_t)k0 * F_N, (k1 - k0) * F_N, MPI_DOUBLE, MPI_SUM, e->world));
+  const int dd = e->j.d * e->j.d, dm = e->j.d * e->j.m;
   /* better only beyond rounding (several starts reach the same minimum; the earliest counts) */
-  const double floor = 1e-20 * ar_problem_bnorm2(e->u.prob);
+  const double floor = 1e-20 * ar_problem_bnorm2(e->j.prob);
   int best = e->best_k;
   for (int k = k0; k < k1; k++) {
-    const double *r = e->rows + (size_t)k * F_N, b = best < 0 ? 0 : e->rows[(size_t)best * F_N + F_LOSS];
-    if (r[F_DONE] > 0 && r[F_REASON] != AR_DIVERGED_SIGNAL && isfinite(r[F_LOSS]) &&
-        (best < 0 || r[F_LOSS] < b - 1e-10 * b - floor))
+    const ar_start_row *r = &e->rows[k];
+    const double b = best < 0 ? 0 : e->rows[best].loss;
+    if (r->done > 0 && r->reason != AR_DIVERGED_SIGNAL && isfinite(r->loss) &&
+        (best < 0 || r->loss < b - 1e-10 * b - floor))
       best = k;
   }
-  if (best != e->best_k) {
-    e->best_k = best;
-    const int owner = (int)e->rows[(size_t)best * F_N + F_GROUP] * e->R;
-    slot *sl = &e->slots[best - k0];
-    if (e->wrank == owner) memcpy(e->bestX, sl->X, sizeof(double) * dd), memcpy(e->bestY, sl->Y, sizeof(double) * dm);
-    AR_CALL_MPI(MPI_Bcast(e->bestX, dd, MPI_DOUBLE, owner, e->world));
-    AR_CALL_MPI(MPI_Bcast(e->bestY, dm, MPI_DOUBLE, owner, e->world));
-    int n = sl->nhist;
-    AR_CALL_MPI(MPI_Bcast(&n, 1, MPI_INT, owner, e->world));
-    if (e->wrank == 0) {
-      free(e->best_hist);
-      e->best_hist = malloc(sizeof(ar_iter_info) * (n + 1)), e->best_nhist = n;
-    }
-    const int bytes = (int)sizeof(ar_iter_info) * (n + 1);
-    if (owner == 0 && e->wrank == 0) memcpy(e->best_hist, sl->hist, bytes);
-    else if (e->wrank == owner) AR_CALL_MPI(MPI_Send(sl->hist, bytes, MPI_BYTE, 0, 7, e->world));
-    else if (e->wrank == 0) AR_CALL_MPI(MPI_Recv(e->best_hist, bytes, MPI_BYTE, owner, 7, e->world, MPI_STATUS_IGNORE));
+  if (best == e->best_k) return AR_OK;
+  e->best_k = best;
+  const int owner = (int)e->rows[best].group * e->R;
+  slot *sl = &e->slots[best - k0];
+  if (e->wrank == owner) memcpy(e->bestX, sl->X, sizeof(double) * dd), memcpy(e->bestY, sl->Y, sizeof(double) * dm);
+  AR_CALL_MPI(MPI_Bcast(e->bestX, dd, MPI_DOUBLE, owner, e->world));
+  AR_CALL_MPI(MPI_Bcast(e->bestY, dm, MPI_DOUBLE, owner, e->world));
+  int n = sl->nhist;
+  AR_CALL_MPI(MPI_Bcast(&n, 1, MPI_INT, owner, e->world));
+  if (e->wrank == 0) {
+    ar_iter_info *h = realloc(e->best_hist, sizeof(ar_iter_info) * n);
+    if (h) e->best_hist = h, e->best_nhist = n;
+    /* agreed: the owner must not send to a rank that cannot receive */
+    AR_CHECK_AGREE(e->world, h, AR_ERR_MEM, "out of memory (multi-start history)");
+  } else {
+    AR_CHECK_AGREE(e->world, 1, AR_ERR_MEM, "out of memory (multi-start history)");
   }
-  for (int i = 0; i < ROUND; i++) free(e->slots[i].hist), e->slots[i].hist = NULL;
+  const int bytes = (int)sizeof(ar_iter_info) * n;
+  if (owner == 0 && e->wrank == 0) memcpy(e->best_hist, sl->hist, bytes);
+  else if (e->wrank == owner) AR_CALL_MPI(MPI_Send(sl->hist, bytes, MPI_BYTE, 0, 7, e->world));
+  else if (e->wrank == 0) AR_CALL_MPI(MPI_Recv(e->best_hist, bytes, MPI_BYTE, owner, 7, e->world, MPI_STATUS_IGNORE));
   return AR_OK;
 }
 
-/* ---- the ensemble checkpoint: finished rounds, the best point (the user's variables) and its
- * history.  Binary, little-endian, FNV-1a checksummed, written atomically by world rank 0. */
-static const char ens_magic[8] = {'A', 'R', 'E', 'N', 'S', 'M', 1, 0};
-
-static uint64_t fnv1a(const unsigned char *p, size_t n)
+/* Collective (world): the checkpoint of the rounds before `rounds_done`. */
+static int save(ensemble *e, int rounds_done)
 {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
-  return h;
+  const int dd = e->j.d * e->j.d;
+  if (e->best_k >= 0) AR_CALL(ar_job_user_point(&e->j, e->bestX, e->bestY, e->uz, e->uz + dd));
+  ar_checkpoint c = {.kind = AR_CKPT_ENSEMBLE,
+                     .ens = {.rounds_done = rounds_done, .best_k = e->best_k, .rows = e->rows, .z = e->uz,
+                             .history = e->best_hist, .nhist = e->best_k >= 0 ? e->best_nhist : 0}};
+  return ar_job_checkpoint(&e->j, &c);
 }
 
-typedef struct {
-  int32_t K, round, strategy, no_race, d, m, rounds_done, best_k, nhist;
-  int64_t seed;
-  double scale;
-  uint64_t hash;
-} ens_head;
-
-static int write_ensemble(ensemble *e, int rounds_done, const double *userX, const double *userY)
+/* Every rank: continue from the checkpoint the setup read (rounds done, rows, best point). */
+static int restore(ensemble *e, int *first)
 {
-  if (e->wrank != 0) return AR_OK;
-  const int dd = e->u.d * e->u.d, dm = e->u.d * e->u.m, nh = e->best_k >= 0 ? e->best_nhist : -1;
-  ens_head h = {e->K, ROUND, e->s->strategy, e->s->no_race, e->u.d, e->u.m, rounds_done, e->best_k, nh,
-                e->s->start_seed, e->s->start_scale, ar_problem_hash(e->u.prob)};
-  size_t bytes = 8 + sizeof h + sizeof(double) * ((size_t)e->K * F_N + dd + dm) +
-                 (nh >= 0 ? sizeof(ar_iter_info) * (nh + 1) : 0) + 8;
-  unsigned char *buf = calloc(1, bytes), *p = buf;
-  AR_CHECK(buf, AR_ERR_MEM, "out of memory (multi-start checkpoint)");
-  memcpy(p, ens_magic, 8), p += 8;
-  memcpy(p, &h, sizeof h), p += sizeof h;
-  memcpy(p, e->rows, sizeof(double) * e->K * F_N), p += sizeof(double) * e->K * F_N;
-  memcpy(p, userX, sizeof(double) * dd), p += sizeof(double) * dd;
-  memcpy(p, userY, sizeof(double) * dm), p += sizeof(double) * dm;
-  if (nh >= 0) memcpy(p, e->best_hist, sizeof(ar_iter_info) * (nh + 1)), p += sizeof(ar_iter_info) * (nh + 1);
-  const uint64_t sum = fnv1a(buf, (size_t)(p - buf));
-  memcpy(p, &sum, 8);
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp-%ld", e->s->checkpoint, (long)getpid());
-  FILE *f = fopen(tmp, "wb");
-  int ok = f && fwrite(buf, 1, bytes, f) == bytes;
-  ok = f && fflush(f) == 0 && ok && fsync(fileno(f)) == 0;
-  if (f && fclose(f) != 0) ok = 0;
-  free(buf);
-  if (!ok || rename(tmp, e->s->checkpoint) != 0) {
-    unlink(tmp);
-    return AR_ERROR(AR_ERR_IO, "--checkpoint %s: cannot write the multi-start checkpoint", e->s->checkpoint);
+  const ar_ckpt_ensemble *c = &e->j.restart.ens;
+  const int dd = e->j.d * e->j.d;
+  memcpy(e->rows, c->rows, sizeof(ar_start_row) * e->K);
+  *first = c->rounds_done, e->best_k = c->best_k;
+  if (e->best_k < 0) return AR_OK;
+  e->best_hist = malloc(sizeof(ar_iter_info) * c->nhist);
+  AR_CHECK_AGREE(e->world, e->best_hist, AR_ERR_MEM, "out of memory (multi-start history)");
+  memcpy(e->best_hist, c->history, sizeof(ar_iter_info) * c->nhist), e->best_nhist = c->nhist;
+  if (!e->j.white) {
+    memcpy(e->bestX, c->z, sizeof(double) * dd), memcpy(e->bestY, c->z + dd, sizeof(double) * (e->j.D - dd));
+    return AR_OK;
   }
-  return AR_OK;
+  return ar_whiten_point(e->j.white, c->z, c->z + dd, e->bestX, e->bestY);
 }
 
-/* Collective (world): restore the finished rounds of --restart; *rounds_done, the rows, the
- * best point (to the solver's variables) and, on world rank 0, its history. */
-static int read_ensemble(ensemble *e, int *rounds_done)
+/* Collective (world): the rounds from `first` on.  A round in which a signal came is not used
+ * (its starts are redone on --restart): the checkpoint, then the stop. */
+static int rounds(ensemble *e, int first)
 {
-  const int dd = e->u.d * e->u.d, dm = e->u.d * e->u.m;
-  const char *path = e->s->restart;
+  const int nrounds = (e->K + ROUND - 1) / ROUND;
   int err = AR_OK;
-  ens_head h = {0};
-  double *X = calloc(dd, sizeof(double)), *Y = calloc(dm, sizeof(double));
-  if (!X || !Y) err = AR_ERROR(AR_ERR_MEM, "out of memory");
-  if (!err && e->wrank == 0) {
-    FILE *f = fopen(path, "rb");
-    unsigned char *buf = NULL;
-    long len = -1;
-    if (f && fseek(f, 0, SEEK_END) == 0) len = ftell(f), rewind(f);
-    if (len > 0 && len < (1L << 34)) buf = malloc(len);
-    if (!f) err = AR_ERROR(AR_ERR_DATA, "--restart %s: cannot open", path);
-    else if (!buf || fread(buf, 1, len, f) != (size_t)len) err = AR_ERROR(AR_ERR_DATA, "--restart %s: cannot read", path);
-    if (f) fclose(f);
-    uint64_t sum = 0;
-    if (!err && (len < 16 + (long)sizeof h || memcmp(buf, ens_magic, 8)))
-      err = AR_ERROR(AR_ERR_DATA, "--restart %s: not a multi-start checkpoint", path);
-    if (!err) memcpy(&sum, buf + len - 8, 8), memcpy(&h, buf + 8, sizeof h);
-    if (!err && sum != fnv1a(buf, len - 8))
-      err = AR_ERROR(AR_ERR_DATA, "--restart %s: checksum mismatch (corrupt or truncated checkpoint)", path);
-    if (!err && (h.K != e->K || h.round != ROUND || h.strategy != e->s->strategy || h.no_race != e->s->no_race ||
-                 h.seed != e->s->start_seed || h.scale != e->s->start_scale))
-      err = AR_ERROR(AR_ERR_USAGE, "--restart %s: written with other --starts, --strategy, --start-seed, --start-scale "
-                     "or --no-race", path);
-    if (!err && (h.d != e->u.d || h.m != e->u.m || h.hash != ar_problem_hash(e->u.prob)))
-      err = AR_ERROR(AR_ERR_DATA, "--restart %s: written for other input data", path);
-    const size_t want = 8 + sizeof h + sizeof(double) * ((size_t)e->K * F_N + dd + dm) +
-                        (h.nhist >= 0 ? sizeof(ar_iter_info) * (h.nhist + 1) : 0) + 8;
-    if (!err && ((size_t)len != want || h.rounds_done < 0 || h.rounds_done * ROUND > e->K + ROUND - 1 ||
-                 h.best_k < -1 || h.best_k >= e->K || (h.best_k >= 0) != (h.nhist >= 0)))
-      err = AR_ERROR(AR_ERR_DATA, "--restart %s: inconsistent multi-start checkpoint", path);
-    if (!err) {
-      const unsigned char *p = buf + 8 + sizeof h;
-      memcpy(e->rows, p, sizeof(double) * e->K * F_N), p += sizeof(double) * e->K * F_N;
-      memcpy(X, p, sizeof(double) * dd), p += sizeof(double) * dd;
-      memcpy(Y, p, sizeof(double) * dm), p += sizeof(double) * dm;
-      if (h.nhist >= 0) {
-        e->best_hist = malloc(sizeof(ar_iter_info) * (h.nhist + 1)), e->best_nhist = h.nhist;
-        if (e->best_hist) memcpy(e->best_hist, p, sizeof(ar_iter_info) * (h.nhist + 1));
-        else err = AR_ERROR(AR_ERR_MEM, "out of memory");
-      }
+  for (int b = first; b < nrounds && !err; b++) {
+    const int k0 = b * ROUND, k1 = k0 + ROUND < e->K ? k0 + ROUND : e->K;
+    memset(&e->rows[k0], 0, sizeof(ar_start_row) * (k1 - k0)); /* a redone round starts clean */
+    for (int k = k0; k < k1 && !err; k++) {
+      if ((k - k0) % e->ngroups != e->gid) continue;
+      /* after a signal the group starts nothing new */
+      if (!ar_job_signal_received(e->group)) err = ar_error_agree(e->group, run_start(e, k, &e->slots[k - k0]));
     }
-    free(buf);
+    AR_CALL_AGREE(e->world, err);
+    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, &e->rows[k0], (k1 - k0) * AR_START_NFIELDS, MPI_DOUBLE, MPI_SUM, e->world));
+    const int sig = ar_job_signal_received(e->world) != 0;
+    if (sig) memset(&e->rows[k0], 0, sizeof(ar_start_row) * (k1 - k0));
+    else err = end_round(e, k0, k1);
+    for (int i = 0; i < ROUND; i++) free(e->slots[i].hist), e->slots[i].hist = NULL;
+    if (!err && e->wrank == 0 && !e->s->c.quiet) {
+      printf("round %d/%d: starts %d-%d ", b + 1, nrounds, k0, k1 - 1);
+      if (sig) printf("stopped by a signal (the round is redone on --restart)");
+      else if (e->best_k < 0) printf("done, none with a finite loss");
+      else printf("done, best start %d: rel_loss %.3e (%s)", e->best_k, e->rows[e->best_k].rel_loss,
+                  ar_reason_name((ar_reason)e->rows[e->best_k].reason));
+      printf(", %.1f s\n", ar_wtime() - e->j.t0);
+      fflush(stdout);
+    }
+    const int saved = sig ? b : b + 1;
+    if (!err && e->s->checkpoint && (sig || e->s->so.checkpoint_every > 0 || b + 1 == nrounds)) err = save(e, saved);
+    if (!err && sig)
+      err = AR_ERROR(AR_ERR_INTERRUPTED, "multi-start stopped by a signal after %d of %d starts%s%s", saved * ROUND,
+                     e->K, e->s->checkpoint ? "; checkpoint written to " : "; no --checkpoint given",
+                     e->s->checkpoint ? e->s->checkpoint : "");
   }
-  err = ar_error_agree(e->world, err);
-  if (!err) {
-    MPI_Bcast(&h, sizeof h, MPI_BYTE, 0, e->world);
-    MPI_Bcast(e->rows, e->K * F_N, MPI_DOUBLE, 0, e->world);
-    MPI_Bcast(X, dd, MPI_DOUBLE, 0, e->world);
-    MPI_Bcast(Y, dm, MPI_DOUBLE, 0, e->world);
-    *rounds_done = h.rounds_done, e->best_k = h.best_k;
-    if (e->best_k >= 0 && e->u.white) err = ar_whiten_point(e->u.white, X, Y, e->bestX, e->bestY);
-    else if (e->best_k >= 0) memcpy(e->bestX, X, sizeof(double) * dd), memcpy(e->bestY, Y, sizeof(double) * dm);
-  }
-  free(X), free(Y);
+  if (!err && e->best_k < 0)
+    err = AR_ERROR(AR_ERR_NUMERIC, "multi-start: no start reached a finite loss");
   return err;
-}
-
-static const char *strategy_text(int k)
-{
-  return k == AR_STRATEGY_STARTS ? "starts" : k == AR_STRATEGY_NORM ? "norm" : k == AR_STRATEGY_HOP ? "hop" : "portfolio";
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -311,108 +261,106 @@ static int cmp_double(const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
-/* World rank 0: starts.csv and summary.json into out. */
-static int write_reports(ensemble *e, ar_out *out, double wall, const ar_option *opts, int nopts)
+/* World rank 0: starts.csv, and what summary.json adds for a multi-start run. */
+static int write_starts(ensemble *e, ar_report_multistart *ms)
 {
-  FILE *f = ar_out_fopen(out, "starts.csv");
+  FILE *f = ar_out_fopen(&e->j.out, "starts.csv");
   AR_CHECK(f, AR_ERR_IO, "%s", ar_error_message());
   fputs("start,group,strategy,seed,scale,iterations,loss,rel_loss,grad_norm,reason,seconds,stopped_early\n", f);
-  int total = 0, stopped = 0, ndone = 0;
   double *rel = malloc(sizeof(double) * e->K);
   for (int k = 0; k < e->K; k++) {
-    const double *r = e->rows + (size_t)k * F_N;
-    if (!(r[F_DONE] > 0)) continue;
-    fprintf(f, "%d,%d,%s,%lld,%.17g,%d,%.17g,%.17g,%.17g,%s,%.6f,%d\n", k, (int)r[F_GROUP],
-            k == 0 ? "user" : strategy_text((int)r[F_STRATEGY]), (long long)e->s->start_seed, r[F_SCALE],
-            (int)r[F_ITERS], r[F_LOSS], r[F_REL], r[F_GRAD], ar_reason_name((ar_reason)r[F_REASON]), r[F_SECONDS],
-            (int)r[F_STOPPED]);
-    total += (int)r[F_ITERS], stopped += r[F_STOPPED] > 0;
-    if (rel) rel[ndone] = r[F_REL];
-    ndone++;
+    const ar_start_row *r = &e->rows[k];
+    if (!(r->done > 0)) continue;
+    fprintf(f, "%d,%d,%s,%lld,%.17g,%d,%.17g,%.17g,%.17g,%s,%.6f,%d\n", k, (int)r->group,
+            k == 0 ? "user" : ar_strategy_name((int)r->strategy), (long long)e->s->start_seed, r->scale,
+            (int)r->iterations, r->loss, r->rel_loss, r->grad_norm, ar_reason_name((ar_reason)r->reason), r->seconds,
+            (int)r->stopped_early);
+    ms->iterations_total += (int)r->iterations, ms->stopped_early += r->stopped_early > 0;
+    if (rel) rel[ms->ndone] = r->rel_loss;
+    ms->ndone++;
   }
-  int err = fclose(f) == 0 ? AR_OK : AR_ERROR(AR_ERR_IO, "%s/starts.csv: write failed", out->dir);
-  if (rel) qsort(rel, ndone, sizeof(double), cmp_double);
-  f = err ? NULL : ar_out_fopen(out, "summary.json");
-  if (!err && !f) err = AR_ERROR(AR_ERR_IO, "%s", ar_error_message());
-  if (f) {
-    const double *b = e->rows + (size_t)e->best_k * F_N;
-    fprintf(f, "{\n  \"n\": %lld,\n  \"d\": %d,\n  \"m\": %d,\n  \"ranks\": %d,\n", (long long)e->u.n, e->u.d, e->u.m,
-            e->wsize);
-    fprintf(f, "  \"starts\": %d,\n  \"ranks_per_start\": %d,\n  \"groups\": %d,\n  \"strategy\": \"%s\",\n", e->K, e->R,
-            e->ngroups, strategy_text(e->s->strategy));
-    fprintf(f, "  \"racing\": %s,\n  \"best_start\": %d,\n", e->s->no_race ? "false" : "true", e->best_k);
-    fprintf(f, "  \"iterations\": %d,\n  \"loss\": %.17g,\n  \"rel_loss\": %.17g,\n  \"grad_norm\": %.17g,\n",
-            (int)b[F_ITERS], b[F_LOSS], b[F_REL], b[F_GRAD]);
-    fprintf(f, "  \"reason\": \"%s\",\n  \"converged\": %s,\n", ar_reason_name((ar_reason)b[F_REASON]),
-            ar_reason_converged((ar_reason)b[F_REASON]) ? "true" : "false");
-    fprintf(f, "  \"whitened\": %s,\n  \"iterations_total\": %d,\n  \"stopped_early\": %d,\n",
-            e->u.white ? "true" : "false", total, stopped);
-    if (rel && ndone > 0)
-      fprintf(f, "  \"rel_loss_quantiles\": {\"min\": %.6g, \"q10\": %.6g, \"median\": %.6g, \"q90\": %.6g, "
-                 "\"max\": %.6g},\n",
-              rel[0], rel[(ndone - 1) / 10], rel[(ndone - 1) / 2], rel[(ndone - 1) * 9 / 10], rel[ndone - 1]);
-    fprintf(f, "  \"wall_seconds\": %.6f,\n  \"options\": {\n", wall);
-    ar_options_write_json(f, opts, nopts, "    ");
-    fprintf(f, "  }\n}\n");
-    if (fclose(f) != 0) err = AR_ERROR(AR_ERR_IO, "%s/summary.json: write failed", out->dir);
+  const int n = ms->ndone;
+  if (rel && n > 0) {
+    qsort(rel, n, sizeof(double), cmp_double);
+    const double q[5] = {rel[0], rel[(n - 1) / 10], rel[(n - 1) / 2], rel[(n - 1) * 9 / 10], rel[n - 1]};
+    memcpy(ms->q, q, sizeof q);
   }
+  if (!rel) ms->ndone = 0; /* no quantiles */
   free(rel);
-  if (!err && e->best_hist) err = ar_solve_write_history(out, e->best_hist, e->best_nhist);
-  return err;
+  AR_CHECK(fclose(f) == 0, AR_ERR_IO, "%s/starts.csv: write failed", e->j.out.dir);
+  return AR_OK;
 }
 
-/* Collective (world): the best point in the user's variables, on every rank. */
-static int best_user(ensemble *e, double *X, double *Y)
+/* Collective (world): X.npy, Y.npy, history.csv, starts.csv, summary.json of the best start. */
+static int write_results(ensemble *e)
 {
-  memcpy(X, e->bestX, sizeof(double) * e->u.d * e->u.d), memcpy(Y, e->bestY, sizeof(double) * e->u.d * e->u.m);
-  return e->u.white ? ar_unwhiten_point(e->u.white, X, Y, X, Y) : AR_OK;
+  const ar_start_row *b = &e->rows[e->best_k];
+  ar_report_multistart ms = {.starts = e->K, .ranks_per_start = e->R, .groups = e->ngroups, .racing = !e->s->no_race,
+                             .best_start = e->best_k, .strategy = ar_strategy_name(e->s->strategy)};
+  double gn_user = 0;
+  if (e->j.white) AR_CALL(ar_job_grad_norm_user(&e->j, e->bestX, e->bestY, NULL, &gn_user));
+  const int dd = e->j.d * e->j.d;
+  AR_CALL(ar_job_user_point(&e->j, e->bestX, e->bestY, e->uz, e->uz + dd));
+  if (!e->j.have_out) return AR_OK;
+  AR_CALL_AGREE(e->world, e->wrank == 0 ? write_starts(e, &ms) : AR_OK);
+  /* the best start's solve, as ar_solve reported it */
+  const ar_solve_result res = {.reason = (ar_reason)b->reason, .iterations = (int)b->iterations, .loss = b->loss,
+                               .rel_loss = b->rel_loss, .grad_norm = b->grad_norm, .history = e->best_hist,
+                               .nb = e->nb, .hessvecs = (int)b->hessvecs, .linear_solver = e->j.so.linear_solver};
+  ar_report R;
+  ar_job_report(&e->j, &R);
+  R.res = &res, R.ms = &ms, R.nb = e->nb, R.loss = b->loss, R.grad_norm = b->grad_norm, R.grad_norm_user = gn_user;
+  return ar_job_write_results(&e->j, e->uz, e->uz + dd, e->best_hist, e->best_nhist, &R);
 }
 
-/* Collective (world): the rounds from `first` on; stops after a round in which a signal came. */
-static int rounds(ensemble *e, int first, const double t0)
+/* Collective (world): the ensemble's arrays, agreed. */
+static int create(ensemble *e)
 {
-  const int nrounds = (e->K + ROUND - 1) / ROUND, dd = e->u.d * e->u.d, dm = e->u.d * e->u.m;
-  double *uX = malloc(sizeof(double) * dd), *uY = malloc(sizeof(double) * dm);
-  AR_CALL(ar_error_agree(e->world, uX && uY ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory")));
-  int err = AR_OK;
-  for (int b = first; b < nrounds && !err; b++) {
-    const int k0 = b * ROUND, k1 = k0 + ROUND < e->K ? k0 + ROUND : e->K;
-    memset(e->rows + (size_t)k0 * F_N, 0, sizeof(double) * F_N * (k1 - k0)); /* a redone round starts clean */
-    for (int k = k0; k < k1 && !err; k++) {
-      if ((k - k0) % e->ngroups != e->gid) continue;
-      int sig = *ar_solve_signal_flag() != 0; /* after a signal the group starts nothing new */
-      MPI_Allreduce(MPI_IN_PLACE, &sig, 1, MPI_INT, MPI_MAX, e->group);
-      if (!sig) err = ar_error_agree(e->group, run_start(e, k, &e->slots[k - k0]));
-    }
-    err = ar_error_agree(e->world, err);
-    if (!err) err = end_round(e, k0, k1);
-    int sig = *ar_solve_signal_flag() != 0;
-    MPI_Allreduce(MPI_IN_PLACE, &sig, 1, MPI_INT, MPI_MAX, e->world);
-    if (!err && e->wrank == 0 && !e->s->c.quiet) {
-      const double *r = e->rows + (size_t)e->best_k * F_N;
-      printf("round %d/%d: starts %d-%d done, best start %d: rel_loss %.3e (%s), %.1f s\n", b + 1, nrounds, k0, k1 - 1,
-             e->best_k, r[F_REL], ar_reason_name((ar_reason)r[F_REASON]), ar_wtime() - t0);
-      fflush(stdout);
-    }
-    const int saved = sig ? b : b + 1; /* a round a signal cut short is redone */
-    if (sig) memset(e->rows + (size_t)k0 * F_N, 0, sizeof(double) * F_N * (k1 - k0));
-    if (!err && e->s->checkpoint && (sig || e->s->so.checkpoint_every > 0 || b + 1 == nrounds)) {
-      if (e->best_k >= 0) err = best_user(e, uX, uY);
-      if (!err) err = ar_error_agree(e->world, write_ensemble(e, saved, uX, uY));
-    }
-    if (!err && sig)
-      err = AR_ERROR(AR_ERR_INTERRUPTED, "multi-start stopped by a signal after %d of %d starts%s%s", saved * ROUND,
-                     e->K, e->s->checkpoint ? "; checkpoint written to " : "; no --checkpoint given",
-                     e->s->checkpoint ? e->s->checkpoint : "");
+  const int dd = e->j.d * e->j.d, dm = e->j.d * e->j.m;
+  e->rows = calloc((size_t)e->K, sizeof(ar_start_row)), e->uz = calloc(e->j.D, sizeof(double));
+  e->bestX = calloc(dd, sizeof(double)), e->bestY = calloc(dm, sizeof(double));
+  int ok = e->rows && e->uz && e->bestX && e->bestY;
+  for (int i = 0; i < ROUND; i++) {
+    e->slots[i].X = malloc(sizeof(double) * dd), e->slots[i].Y = malloc(sizeof(double) * dm);
+    ok &= e->slots[i].X && e->slots[i].Y;
   }
-  free(uX), free(uY);
-  return err;
+  AR_CHECK_AGREE(e->world, ok, AR_ERR_MEM, "out of memory (multi-start)");
+  return AR_OK;
 }
 
-int ar_cmd_multistart(MPI_Comm world, solve_cfg *s, const ar_option *opts, int nopts)
+static void destroy(ensemble *e)
 {
-  const double t0 = ar_wtime();
-  ensemble e = {.world = world, .s = s, .K = s->starts, .R = s->ranks_per_start, .best_k = -1};
+  for (int i = 0; i < ROUND; i++) free(e->slots[i].X), free(e->slots[i].Y), free(e->slots[i].hist);
+  free(e->rows), free(e->uz), free(e->bestX), free(e->bestY), free(e->best_hist);
+  ar_job_release(&e->j);
+  if (e->group != MPI_COMM_NULL) MPI_Comm_free(&e->group);
+}
+
+/* Collective (world): everything after the setup. */
+static int run(ensemble *e)
+{
+  int first = 0;
+  AR_CALL(create(e));
+  AR_CALL_AGREE(e->world, ar_problem_input_norms(e->j.prob, &e->norm_a1, &e->norm_a2));
+  if (e->j.have_restart) AR_CALL(restore(e, &first));
+  if (e->wrank == 0 && !e->s->c.quiet)
+    printf("attnreg %s solve: %d starts (%s%s) in %d groups of %d ranks, n=%lld d=%d m=%d%s\n", ATTNREG_VERSION, e->K,
+           ar_strategy_name(e->s->strategy), e->s->no_race ? ", no racing" : ", racing", e->ngroups, e->R,
+           (long long)e->j.n, e->j.d, e->j.m, first ? " (restarted)" : "");
+  AR_CALL(rounds(e, first));
+  AR_CALL(write_results(e));
+  if (e->wrank == 0 && !e->s->c.quiet) {
+    const ar_start_row *r = &e->rows[e->best_k];
+    printf("best of %d starts: start %d, loss %.10e rel_loss %.3e |grad| %.3e (%s)\n", e->K, e->best_k, r->loss,
+           r->rel_loss, r->grad_norm, ar_reason_name((ar_reason)r->reason));
+  }
+  return AR_OK;
+}
+
+int ar_multistart(MPI_Comm world, solve_cfg *s, const ar_option *opts, int nopts)
+{
+  ensemble e = {.world = world, .group = MPI_COMM_NULL, .s = s, .K = s->starts, .R = s->ranks_per_start,
+                .best_k = -1};
   MPI_Comm_rank(world, &e.wrank);
   MPI_Comm_size(world, &e.wsize);
   AR_CHECK(e.wsize % e.R == 0, AR_ERR_USAGE, "--ranks-per-start %d: must divide the %d ranks", e.R, e.wsize);
@@ -420,61 +368,11 @@ int ar_cmd_multistart(MPI_Comm world, solve_cfg *s, const ar_option *opts, int n
   e.ngroups = e.wsize / e.R, e.gid = e.wrank / e.R;
   AR_CALL_MPI(MPI_Comm_split(world, e.gid, e.wrank, &e.group));
   MPI_Comm_rank(e.group, &e.grank);
-  /* each group: the problem and the evaluator, as for one solve, but the outputs, checkpoints
-   * and restarts are the ensemble's */
-  solve_cfg gs = *s;
-  gs.out = gs.checkpoint = gs.restart = NULL;
-  gs.c.quiet = 1;
-  int err = ar_error_agree(world, ar_solve_setup(e.group, &gs, &e.u));
-  const int dd = e.u.d * e.u.d, dm = e.u.d * e.u.m;
-  if (!err) {
-    e.X0 = malloc(sizeof(double) * dd), e.Y0 = malloc(sizeof(double) * dm), e.rows = calloc((size_t)e.K * F_N, 8);
-    e.bestX = calloc(dd, sizeof(double)), e.bestY = calloc(dm, sizeof(double));
-    for (int i = 0; i < ROUND; i++)
-      e.slots[i].X = malloc(sizeof(double) * dd), e.slots[i].Y = malloc(sizeof(double) * dm);
-    int ok = e.X0 && e.Y0 && e.rows && e.bestX && e.bestY;
-    for (int i = 0; i < ROUND; i++) ok &= e.slots[i].X && e.slots[i].Y;
-    err = ar_error_agree(world, ok ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory (multi-start)"));
-  }
-  if (!err) {
-    memcpy(e.X0, e.u.X, sizeof(double) * dd), memcpy(e.Y0, e.u.Y, sizeof(double) * dm);
-    err = ar_error_agree(world, ar_problem_input_norms(e.u.prob, &e.norm_a1, &e.norm_a2));
-  }
-  ar_out out = {0};
-  int have_out = 0, first = 0;
-  if (!err && s->out) err = ar_out_begin(world, "--out", s->out, &out), have_out = !err;
-  const char *files[5] = {"X.npy", "Y.npy", "history.csv", "starts.csv", "summary.json"};
-  for (int i = 0; i < 5 && !err && have_out; i++) err = ar_out_add(&out, files[i]);
-  if (!err && s->restart) err = read_ensemble(&e, &first);
-  if (!err && e.wrank == 0 && !s->c.quiet)
-    printf("attnreg %s solve: %d starts (%s%s) in %d groups of %d ranks, n=%lld d=%d m=%d%s\n", ATTNREG_VERSION, e.K,
-           strategy_text(s->strategy), s->no_race ? ", no racing" : ", racing", e.ngroups, e.R, (long long)e.u.n, e.u.d,
-           e.u.m, first ? " (restarted)" : "");
-  if (!err) err = rounds(&e, first, t0);
-  if (!err && have_out) {
-    double *X = malloc(sizeof(double) * dd), *Y = malloc(sizeof(double) * dm);
-    err = ar_error_agree(world, X && Y ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory"));
-    if (!err) err = best_user(&e, X, Y);
-    char path[4400];
-    int lerr = AR_OK;
-    const char *xp = ar_out_path(&out, "X.npy", path, sizeof path);
-    if (!err && e.wrank == 0) lerr = ar_npy_write(xp, e.u.d, e.u.d, X);
-    const char *yp = ar_out_path(&out, "Y.npy", path, sizeof path);
-    if (!err && !lerr && e.wrank == 0) lerr = ar_npy_write(yp, e.u.d, e.u.m, Y);
-    if (!err && !lerr && e.wrank == 0) lerr = write_reports(&e, &out, ar_wtime() - t0, opts, nopts);
-    if (!err) err = ar_error_agree(world, lerr);
-    if (!err) err = ar_out_commit(&out);
-    free(X), free(Y);
-  }
-  if (err && have_out) ar_out_abort(&out);
-  if (!err && e.wrank == 0 && !s->c.quiet) {
-    const double *r = e.rows + (size_t)e.best_k * F_N;
-    printf("best of %d starts: start %d, loss %.10e rel_loss %.3e |grad| %.3e (%s)\n", e.K, e.best_k, r[F_LOSS],
-           r[F_REL], r[F_GRAD], ar_reason_name((ar_reason)r[F_REASON]));
-  }
-  for (int i = 0; i < ROUND; i++) free(e.slots[i].X), free(e.slots[i].Y), free(e.slots[i].hist);
-  free(e.X0), free(e.Y0), free(e.rows), free(e.bestX), free(e.bestY), free(e.best_hist);
-  ar_solve_release(&e.u);
-  MPI_Comm_free(&e.group);
+  /* each group: the problem and the evaluator, as for one solve; the outputs, checkpoints and
+   * restarts are the world's */
+  static const char *const files[] = {"X.npy", "Y.npy", "history.csv", "starts.csv", "summary.json"};
+  int err = ar_job_setup(world, e.group, s, opts, nopts, files, 5, AR_CKPT_ENSEMBLE, &e.j);
+  if (!err) err = ar_error_agree(world, run(&e));
+  destroy(&e);
   return err;
 }

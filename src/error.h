@@ -36,6 +36,22 @@ int ar_error_agree(MPI_Comm comm, int err);
       return ar_error_set(AR_ERR_MPI, __FILE__, __LINE__, __func__, "%s: %s", #call, ar_msg_); \
     }                                                                           \
   } while (0)
+/* Collective over comm, for a failure that must be agreed right before a collective call (an
+ * allocation, a LAPACK info on one rank): every rank evaluates cond; when it is false on any rank,
+ * every rank records the lowest failing rank's message and returns its code together, so no rank
+ * is left waiting in the collective call that follows.  Costs one allreduce. */
+#define AR_CHECK_AGREE(comm, cond, code, ...)                                                         \
+  do {                                                                                                \
+    int ar_agree_ = (cond) ? AR_OK : ar_error_set((code), __FILE__, __LINE__, __func__, __VA_ARGS__); \
+    ar_agree_ = ar_error_agree((comm), ar_agree_);                                                    \
+    if (ar_agree_) return ar_agree_;                                                                  \
+  } while (0)
+/* Collective over comm: the same for an error code (expr's, on each rank). */
+#define AR_CALL_AGREE(comm, expr)                        \
+  do {                                                   \
+    int ar_agree_ = ar_error_agree((comm), (expr));      \
+    if (ar_agree_) return ar_agree_;                     \
+  } while (0)
 /* Allocate n elements of *p (zeroed) or fail with AR_ERR_MEM. */
 #define AR_MALLOC(p, n)                                                                       \
   do {                                                                                        \

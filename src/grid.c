@@ -8,24 +8,8 @@
 #include "error.h"
 #include "memory.h"
 #include "grid_impl.h"
+#include "lapack.h"
 #include "npy.h"
-
-/* BLACS C interface and ScaLAPACK (Fortran) entry points from libscalapack-openmpi. */
-extern int Csys2blacs_handle(MPI_Comm comm);
-extern void Cfree_blacs_system_handle(int handle);
-extern void Cblacs_gridinit(int *ctxt, const char *order, int nprow, int npcol);
-extern void Cblacs_gridinfo(int ctxt, int *nprow, int *npcol, int *myrow, int *mycol);
-extern void Cblacs_gridexit(int ctxt);
-extern int numroc_(const int *n, const int *nb, const int *iproc, const int *isrcproc, const int *nprocs);
-extern void descinit_(int *desc, const int *m, const int *n, const int *mb, const int *nb, const int *irsrc,
-                      const int *icsrc, const int *ictxt, const int *lld, int *info);
-extern void pdpotrf_(const char *uplo, const int *n, double *a, const int *ia, const int *ja, const int *desca,
-                     int *info);
-extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
-extern void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b,
-                    const int *ldb, int *info);
-extern void pdpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *ia, const int *ja,
-                     const int *desca, double *b, const int *ib, const int *jb, const int *descb, int *info);
 
 int ar_grid_create(MPI_Comm comm, int pr, int pc, ar_grid *out)
 {
@@ -35,18 +19,20 @@ int ar_grid_create(MPI_Comm comm, int pr, int pc, ar_grid *out)
   MPI_Comm_size(comm, &size);
   if (pr <= 0 || pc <= 0) ar_plan_default_grid(size, &pr, &pc);
   AR_CHECK(pr * pc == size, AR_ERR_USAGE, "--grid %dx%d needs %d ranks, but the job has %d", pr, pc, pr * pc, size);
-  ar_grid g;
-  AR_MALLOC(g, 1);
-  AR_CALL_MPI(MPI_Comm_dup(comm, &g->comm));
+  ar_grid g = calloc(1, sizeof *g);
+  AR_CHECK_AGREE(comm, g, AR_ERR_MEM, "out of memory (grid)"); /* before the collective MPI_Comm_dup */
+  const int dup = MPI_Comm_dup(comm, &g->comm);
+  if (dup != MPI_SUCCESS) free(g);
+  AR_CALL_MPI(dup);
   g->rank = rank, g->size = size, g->pr = pr, g->pc = pc;
   g->ctxt = Csys2blacs_handle(g->comm);
   Cblacs_gridinit(&g->ctxt, "Row", pr, pc);
   int npr, npc;
   Cblacs_gridinfo(g->ctxt, &npr, &npc, &g->myrow, &g->mycol);
-  AR_CHECK(npr == pr && npc == pc && g->myrow * pc + g->mycol == rank, AR_ERR_LIB,
-           "BLACS grid %dx%d: rank %d got coordinates (%d,%d) of a %dx%d grid", pr, pc, rank, g->myrow, g->mycol, npr,
-           npc);
-  *out = g;
+  *out = g; /* ar_grid_destroy releases it on failure too */
+  AR_CHECK_AGREE(comm, npr == pr && npc == pc && g->myrow * pc + g->mycol == rank, AR_ERR_LIB,
+                 "BLACS grid %dx%d: rank %d got coordinates (%d,%d) of a %dx%d grid", pr, pc, rank, g->myrow, g->mycol,
+                 npr, npc);
   return AR_OK;
 }
 
@@ -71,8 +57,8 @@ int ar_dmat_create(ar_grid g, int N, int nb, ar_dmat *out)
   *out = NULL;
   AR_CHECK(N >= 1, AR_ERR_INTERNAL, "matrix order %d", N);
   if (nb <= 0) nb = ar_plan_default_nb(N, g->pr, g->pc);
-  ar_dmat A;
-  AR_MALLOC(A, 1);
+  ar_dmat A = calloc(1, sizeof *A);
+  AR_CHECK_AGREE(g->comm, A, AR_ERR_MEM, "out of memory (matrix)");
   *out = A;
   A->g = g, A->N = N, A->nb = nb;
   int zero = 0, info = 0;
@@ -80,13 +66,17 @@ int ar_dmat_create(ar_grid g, int N, int nb, ar_dmat *out)
   A->locc = numroc_(&N, &nb, &g->mycol, &zero, &g->pc);
   A->lld = A->locr > 1 ? A->locr : 1;
   descinit_(A->desc, &N, &N, &nb, &nb, &zero, &zero, &g->ctxt, &A->lld, &info);
-  AR_CHECK(info == 0, AR_ERR_LIB, "descinit failed (info %d) for N=%d nb=%d", info, N, nb);
+  AR_CHECK_AGREE(g->comm, info == 0, AR_ERR_LIB, "descinit failed (info %d) for N=%d nb=%d", info, N, nb);
   size_t cnt = (size_t)A->locr * (size_t)A->locc;
   /* the local share and its factor copy: work arrays (memory.c) */
   A->a = ar_work_alloc(sizeof(double) * cnt);
   A->fact = ar_work_alloc(sizeof(double) * cnt);
-  AR_CHECK(A->a && A->fact, AR_ERR_MEM, "out of memory allocating the %d x %d Hessian (2 x %.1f MB per rank)", N, N,
-           8.0 * (double)cnt / 1048576.0);
+  /* the block-cyclic vector of ar_dmat_solve's right-hand side, allocated here so that the solve
+   * has no failure to agree before pdpotrs */
+  A->rhs = calloc(A->locr > 0 ? A->locr : 1, sizeof(double));
+  AR_CHECK_AGREE(g->comm, A->a && A->fact && A->rhs, AR_ERR_MEM,
+                 "out of memory allocating the %d x %d Hessian (2 x %.1f MB per rank)", N, N,
+                 8.0 * (double)cnt / 1048576.0);
   return AR_OK;
 }
 
@@ -96,6 +86,7 @@ void ar_dmat_destroy(ar_dmat *pA)
   if (!A) return;
   ar_work_free(A->a);
   ar_work_free(A->fact);
+  free(A->rhs);
   free(A);
   *pA = NULL;
 }
@@ -225,7 +216,7 @@ int ar_dmat_factor_metric(ar_dmat A, double shift, const ar_kron_metric *M, int 
   const int nb = A->nb, d = M->d;
   int *rg = malloc(sizeof(int) * 4 * (size_t)(A->locr > 0 ? A->locr : 1));
   /* agreed: a rank that returned here alone would leave the others in pdpotrf */
-  AR_CALL(ar_error_agree(g->comm, rg ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory (shift metric)")));
+  AR_CHECK_AGREE(g->comm, rg, AR_ERR_MEM, "out of memory (shift metric)");
   int *rblk = rg + A->locr, *ra = rblk + A->locr, *rb = ra + A->locr;
   for (int li = 0; li < A->locr; li++) {
     rg[li] = ar_bc_global(li, nb, g->pr, g->myrow);
@@ -251,16 +242,21 @@ int ar_dmat_factor_metric(ar_dmat A, double shift, const ar_kron_metric *M, int 
 
 double ar_kron_metric_quad(const ar_kron_metric *M, int N, const double *v)
 {
+  double *T = malloc(sizeof(double) * 2 * M->d * M->d);
+  const double q = T ? ar_kron_metric_quad_work(M, N, v, T) : NAN; /* NaN: the caller's model check rejects the step */
+  free(T);
+  return q;
+}
+
+double ar_kron_metric_quad_work(const ar_kron_metric *M, int N, const double *v, double *T)
+{
   const int d = M->d, dd = d * d, m = M->m;
   double q = 0;
   for (int i = 0; i < N; i++) q += M->floor * v[i] * v[i];
-  double *T = malloc(sizeof(double) * 2 * dd);
-  if (!T) return NAN; /* the caller's model check then rejects the step */
   /* vec_r(V)^T (Ga (x) Gb) vec_r(V) = sum V .* (Ga V Gb) */
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0, M->Ga, d, v, d, 0.0, T, d);
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0, T, d, M->Gb, d, 0.0, T + dd, d);
   for (int i = 0; i < dd; i++) q += v[i] * T[dd + i];
-  free(T);
   if (N > dd)
     for (int k = 0; k < d; k++)
       for (int kk = 0; kk < d; kk++)
@@ -285,20 +281,15 @@ int ar_dmat_solve(ar_dmat A, const double *rhs, double *x)
   /* Right-hand side: an N x 1 block-cyclic vector held by grid column 0. */
   int bdesc[9], blld = A->lld;
   descinit_(bdesc, &N, &one, &nb, &nb, &zero, &zero, &g->ctxt, &blld, &info);
-  AR_CHECK(info == 0, AR_ERR_LIB, "descinit (rhs) failed: info %d", info);
-  double *b;
-  AR_MALLOC(b, A->locr);
+  AR_CHECK_AGREE(g->comm, info == 0, AR_ERR_LIB, "descinit (rhs) failed: info %d", info);
+  double *b = A->rhs;
   if (g->mycol == 0)
     for (int li = 0; li < A->locr; li++) b[li] = rhs[ar_bc_global(li, nb, g->pr, g->myrow)];
   pdpotrs_("L", &N, &one, A->fact, &one, &one, A->desc, b, &one, &one, bdesc, &info);
-  if (info != 0) {
-    free(b);
-    return AR_ERROR(AR_ERR_LIB, "pdpotrs: argument %d had an illegal value", -info);
-  }
+  AR_CHECK_AGREE(g->comm, info == 0, AR_ERR_LIB, "pdpotrs: argument %d had an illegal value", -info);
   memset(x, 0, sizeof(double) * N);
   if (g->mycol == 0)
     for (int li = 0; li < A->locr; li++) x[ar_bc_global(li, nb, g->pr, g->myrow)] = b[li];
-  free(b);
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, x, N, MPI_DOUBLE, MPI_SUM, g->comm));
   A->t_solve += MPI_Wtime() - t0;
   return AR_OK;

@@ -19,10 +19,15 @@ struct ar_dmat_s {
   int desc[9];
   double *a;           /* local, column-major locr x locc */
   double *fact;        /* work copy for the Cholesky factor (A is kept for retries) */
+  double *rhs;         /* locr: the right-hand side of ar_dmat_solve, block-cyclic */
   double t_factor, t_solve; /* accumulated seconds in pdpotrf, pdpotrs (+ broadcast of x) */
   int nfactor;
   int factored;        /* fact holds the factor of the last successful ar_dmat_factor */
 };
+
+/* Not collective: ar_kron_metric_quad with the caller's workspace T (2 d^2 doubles): no
+ * allocation, so no failure on one rank only (the dense step allocates T when it is made). */
+double ar_kron_metric_quad_work(const ar_kron_metric *M, int N, const double *v, double *T);
 
 /* Block-cyclic maps with source process 0: owner coordinate and local index of global g. */
 static inline int ar_bc_owner(int g, int nb, int np) { return (g / nb) % np; }

@@ -23,16 +23,13 @@
 #include <string.h>
 
 #include "error.h"
+#include "lapack.h"
+#include "problem_impl.h"
 #include "step.h"
 #include "timing.h"
 
-extern void dsyev_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
-                   double *work, const int *lwork, int *info);
-extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
-extern void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b,
-                    const int *ldb, int *info);
-
 typedef struct {
+  MPI_Comm comm;        /* the problem's: failures before collective calls are agreed over it */
   int d, m, D, max_iter;
   double fixed_rtol;    /* > 0: stop at |r| <= fixed_rtol |g| instead of the forcing term (tests) */
   double lambda_x, lambda_y;
@@ -41,24 +38,22 @@ typedef struct {
   double shift, scale;
   double *G1, *Nbar, *PtP, *U1, *l1, *U2, *l2, *Ly, *T; /* preconditioner (d x d, d) */
   double *x, *r, *zv, *p, *q, *v;                       /* CG vectors (D) */
+  double *work;                                         /* dsyev's workspace, lwork doubles */
+  int lwork;
   double eta, gnorm_last;                               /* Eisenstat-Walker */
   double t_hv, t_pre;
   int n_hv;
 } cg;
 
-/* Eigendecomposition of a symmetric d x d matrix (row-major = column-major: symmetric). */
-static int eig(int d, const double *A, double *U, double *l)
+/* Eigendecomposition of a symmetric d x d matrix (row-major = column-major: symmetric), with
+ * the workspace made in ar_stepper_cg_create.  A is global, so info is the same on every rank;
+ * agreed all the same, as Hessian-vector products (collective) follow. */
+static int eig(cg *c, const double *A, double *U, double *l)
 {
+  int d = c->d, info = 0;
   memcpy(U, A, sizeof(double) * d * d);
-  int info = 0, lwork = -1;
-  double q;
-  dsyev_("V", "U", &d, U, &d, l, &q, &lwork, &info);
-  lwork = (int)q;
-  double *work = malloc(sizeof(double) * (lwork > 1 ? lwork : 1));
-  AR_CHECK(work, AR_ERR_MEM, "out of memory (eigendecomposition)");
-  dsyev_("V", "U", &d, U, &d, l, work, &lwork, &info);
-  free(work);
-  AR_CHECK(info == 0, AR_ERR_LIB, "dsyev failed (info %d) on the preconditioner", info);
+  dsyev_("V", "U", &d, U, &d, l, c->work, &c->lwork, &info);
+  AR_CHECK_AGREE(c->comm, info == 0, AR_ERR_LIB, "dsyev failed (info %d) on the preconditioner", info);
   /* column-major eigenvectors = rows of U in our row-major reading: transpose to columns */
   for (int i = 0; i < d; i++)
     for (int j = i + 1; j < d; j++) {
@@ -84,8 +79,8 @@ static int apply(ar_stepper *st, const double *v, double *out)
 }
 
 /* out = M^{-1} r: the X block through U1, U2 (V -> U1 [(U1^T V U2) / (l1 l2^T + s)] U2^T), the
- * Y block through the Cholesky factor of 2 P^T P + s. */
-static void precondition(ar_stepper *st, const double *r, double *out)
+ * Y block through the Cholesky factor of 2 P^T P + s (dpotrs' info agreed: products follow). */
+static int precondition(ar_stepper *st, const double *r, double *out)
 {
   cg *c = st->impl;
   const int d = c->d, m = c->m;
@@ -99,15 +94,17 @@ static void precondition(ar_stepper *st, const double *r, double *out)
     }
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0, c->U1, d, out, d, 0.0, c->T, d);
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0, c->T, d, c->U2, d, 0.0, out, d);
-  if (st->N == d * d) return;
+  if (st->N == d * d) return AR_OK;
   /* Y block: (2 P^T P + s) Y = R for the d x m block; column-major view of row-major R is R^T */
   memcpy(out + d * d, r + d * d, sizeof(double) * d * m);
   for (int k = 0; k < d; k++)
     for (int i = 0; i < m; i++) c->T[i * d + k] = out[d * d + k * m + i];
   int info = 0;
   dpotrs_("L", &d, &m, c->Ly, &d, c->T, &d, &info);
+  AR_CHECK_AGREE(c->comm, info == 0, AR_ERR_LIB, "dpotrs: argument %d had an illegal value (preconditioner)", -info);
   for (int k = 0; k < d; k++)
     for (int i = 0; i < m; i++) out[d * d + k * m + i] = c->T[i * d + k];
+  return AR_OK;
 }
 
 static int cg_evaluate(ar_stepper *st, const double *z, ar_hessian_kind hk, double *f, double *g)
@@ -123,8 +120,8 @@ static int cg_evaluate(ar_stepper *st, const double *z, ar_hessian_kind hk, doub
   AR_CALL(ar_eval_precond(st->ev, z, z + st->dd, c->G1, c->Nbar, c->PtP, &fl));
   st->res->flops += fl;
   const int d = c->d, m = c->m;
-  AR_CALL(eig(d, c->G1, c->U1, c->l1));
-  AR_CALL(eig(d, c->Nbar, c->U2, c->l2));
+  AR_CALL(eig(c, c->G1, c->U1, c->l1));
+  AR_CALL(eig(c, c->Nbar, c->U2, c->l2));
   double tg = 0, tn = 0, tp = 0;
   for (int k = 0; k < d; k++) tg += c->l1[k], tn += c->l2[k], tp += c->PtP[k * d + k];
   /* mean diagonal of the model: the X block's Kronecker trace and the Y block's 2 m tr(P^T P) */
@@ -188,7 +185,7 @@ static int cg_solve(ar_stepper *st, const double *g, double *dz, double *pred, i
   *indefinite = 0;
   memset(c->x, 0, sizeof(double) * N);
   for (int i = 0; i < N; i++) c->r[i] = -g[i];
-  precondition(st, c->r, c->zv);
+  AR_CALL(precondition(st, c->r, c->zv));
   memcpy(c->p, c->zv, sizeof(double) * N);
   double rz = dot(c->r, c->zv, N);
   int k = 0;
@@ -201,7 +198,7 @@ static int cg_solve(ar_stepper *st, const double *g, double *dz, double *pred, i
     }
     const double alpha = rz / pq;
     for (int i = 0; i < N; i++) c->x[i] += alpha * c->p[i], c->r[i] -= alpha * c->q[i];
-    precondition(st, c->r, c->zv);
+    AR_CALL(precondition(st, c->r, c->zv));
     const double rz_new = dot(c->r, c->zv, N), beta = rz_new / rz;
     rz = rz_new;
     for (int i = 0; i < N; i++) c->p[i] = c->zv[i] + beta * c->p[i];
@@ -228,7 +225,7 @@ static void cg_destroy(ar_stepper *st)
   cg *c = st->impl;
   if (!c) return;
   double *a[] = {c->zm, c->G1, c->Nbar, c->PtP, c->U1, c->l1, c->U2, c->l2, c->Ly, c->T,
-                 c->x,  c->r,  c->zv,   c->p,   c->q,  c->v};
+                 c->x,  c->r,  c->zv,   c->p,   c->q,  c->v, c->work};
   for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) free(a[i]);
   free(c);
 }
@@ -238,15 +235,17 @@ static const ar_stepper_ops cg_ops = {"cg", cg_evaluate, cg_scale, cg_factor, cg
 int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, double fixed_rtol, ar_solve_result *res, ar_stepper **out)
 {
   *out = NULL;
-  ar_stepper *st;
-  AR_MALLOC(st, 1);
-  int d, m;
-  ar_problem_sizes(ar_eval_problem(ev), NULL, &d, &m);
-  st->ops = &cg_ops, st->ev = ev, st->N = N, st->dd = d * d, st->res = res;
+  ar_problem p = ar_eval_problem(ev);
+  ar_stepper *st = calloc(1, sizeof *st);
   cg *c = calloc(1, sizeof *c);
-  st->impl = c;
-  *out = st;
-  AR_CHECK(c, AR_ERR_MEM, "out of memory (matrix-free step)");
+  if (st) st->impl = c, st->ops = &cg_ops, *out = st; /* ar_stepper_destroy frees the rest */
+  else free(c);
+  /* every allocation here, so that no failure on one rank is left for the collective calls of a
+   * solve; one rank short of memory fails them all */
+  AR_CHECK_AGREE(p->comm, st && c, AR_ERR_MEM, "out of memory (matrix-free step)");
+  const int d = p->d, m = p->m;
+  st->ev = ev, st->N = N, st->dd = d * d, st->res = res;
+  c->comm = p->comm;
   c->d = d, c->m = m, c->D = d * d + d * m, c->max_iter = max_iter, c->eta = 0.5, c->fixed_rtol = fixed_rtol;
   ar_eval_ridge(ev, &c->lambda_x, &c->lambda_y);
   const size_t D = c->D, dd = (size_t)d * d, w = dd > (size_t)d * m ? dd : (size_t)d * m;
@@ -256,8 +255,15 @@ int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, double fixed_rtol, ar_
   c->l1 = calloc(d, sizeof(double)), c->l2 = calloc(d, sizeof(double)), c->T = calloc(w, sizeof(double));
   c->x = calloc(D, sizeof(double)), c->r = calloc(D, sizeof(double)), c->zv = calloc(D, sizeof(double));
   c->p = calloc(D, sizeof(double)), c->q = calloc(D, sizeof(double)), c->v = calloc(D, sizeof(double));
-  AR_CHECK(c->zm && c->G1 && c->Nbar && c->PtP && c->U1 && c->U2 && c->Ly && c->l1 && c->l2 && c->T && c->x && c->r &&
-               c->zv && c->p && c->q && c->v,
-           AR_ERR_MEM, "out of memory (matrix-free step vectors)");
+  /* dsyev's workspace: its own query on a d x d matrix (U1 as scratch) */
+  int info = 0, query = -1, dd_ = d;
+  double lw = 0;
+  if (c->U1 && c->l1) dsyev_("V", "U", &dd_, c->U1, &dd_, c->l1, &lw, &query, &info);
+  c->lwork = info == 0 && lw > 1 ? (int)lw : 3 * d;
+  c->work = calloc(c->lwork > 1 ? c->lwork : 1, sizeof(double));
+  AR_CHECK_AGREE(p->comm,
+                 c->zm && c->G1 && c->Nbar && c->PtP && c->U1 && c->U2 && c->Ly && c->l1 && c->l2 && c->T && c->x &&
+                     c->r && c->zv && c->p && c->q && c->v && c->work,
+                 AR_ERR_MEM, "out of memory (matrix-free step vectors)");
   return AR_OK;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "grid_impl.h"
 #include "problem_impl.h"
 #include "step.h"
 
@@ -24,6 +25,8 @@ typedef struct {
   double shift;       /* the factor's shift (gram: the factor is of H + shift M) */
   double *G;          /* AR_SHIFT_GRAM: G1/mean, G2, G3/mean (d x d each): mean diag M = 1 */
   ar_kron_metric M;
+  double *rhs;        /* N: -g */
+  double *T;          /* AR_SHIFT_GRAM: 2 d^2, the workspace of dz.M.dz */
 } dense;
 
 static int dense_evaluate(ar_stepper *st, const double *z, ar_hessian_kind hk, double *f, double *g)
@@ -68,18 +71,14 @@ static int dense_solve(ar_stepper *st, const double *g, double *dz, double *pred
   *indefinite = 0; /* the factorisation said so already */
   dense *ds = st->impl;
   const int N = st->N;
-  double *rhs;
-  AR_MALLOC(rhs, N);
-  for (int i = 0; i < N; i++) rhs[i] = -g[i];
-  int err = ar_dmat_solve(ds->H, rhs, dz);
+  for (int i = 0; i < N; i++) ds->rhs[i] = -g[i];
+  AR_CALL(ar_dmat_solve(ds->H, ds->rhs, dz));
   st->res->flops += share(ds, 2.0 * N * N);
-  free(rhs);
-  AR_CALL(err);
   /* (H + S) dz = -g with S the diagonal shift, so dz.(H + S).dz = -g.dz and the model's
    * decrease is -g.dz/2 + dz.S.dz / 2. */
   double gdz = 0, dsd = 0;
   for (int i = 0; i < N; i++) gdz += g[i] * dz[i];
-  if (ds->kind == AR_SHIFT_GRAM) dsd = ds->shift * ar_kron_metric_quad(&ds->M, N, dz);
+  if (ds->kind == AR_SHIFT_GRAM) dsd = ds->shift * ar_kron_metric_quad_work(&ds->M, N, dz, ds->T);
   else
     for (int i = 0; i < N; i++) dsd += ds->shiftv[i] * dz[i] * dz[i];
   *pred = -0.5 * gdz + 0.5 * dsd;
@@ -97,7 +96,7 @@ static void dense_finish(ar_stepper *st, ar_solve_result *res)
 static void dense_destroy(ar_stepper *st)
 {
   dense *ds = st->impl;
-  if (ds) ar_dmat_destroy(&ds->H), free(ds->diag), free(ds->shiftv), free(ds->G);
+  if (ds) ar_dmat_destroy(&ds->H), free(ds->diag), free(ds->shiftv), free(ds->G), free(ds->rhs), free(ds->T);
   free(ds);
 }
 
@@ -108,8 +107,8 @@ static void dense_destroy(ar_stepper *st)
 static int gram_metric(dense *ds, ar_problem p, int N)
 {
   const int d = p->d, m = p->m, dd = d * d;
-  ds->G = calloc((size_t)3 * dd, sizeof(double));
-  AR_CALL(ar_error_agree(p->comm, ds->G ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory (Gram metric)")));
+  ds->G = calloc((size_t)3 * dd, sizeof(double)), ds->T = calloc((size_t)2 * dd, sizeof(double));
+  AR_CHECK_AGREE(p->comm, ds->G && ds->T, AR_ERR_MEM, "out of memory (Gram metric)");
   const double *A[3] = {p->a1, p->a2, p->a3};
   for (int k = 0; k < 3; k++) {
     double *G = ds->G + (size_t)k * dd;
@@ -138,12 +137,12 @@ int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, int shift, 
   ar_problem p = ar_eval_problem(ev);
   ar_stepper *st = calloc(1, sizeof *st);
   dense *ds = calloc(1, sizeof *ds);
-  if (ds) ds->diag = calloc(N, sizeof(double)), ds->shiftv = calloc(N, sizeof(double));
+  if (ds)
+    ds->diag = calloc(N, sizeof(double)), ds->shiftv = calloc(N, sizeof(double)), ds->rhs = calloc(N, sizeof(double));
   if (st) st->ops = &dense_ops, st->impl = ds, *out = st; /* ar_stepper_destroy frees the rest */
-  else if (ds) free(ds->diag), free(ds->shiftv), free(ds);
+  else if (ds) free(ds->diag), free(ds->shiftv), free(ds->rhs), free(ds);
   /* one rank short of memory fails them all, before the collective calls below */
-  AR_CALL(ar_error_agree(p->comm, st && ds && ds->diag && ds->shiftv ? AR_OK
-                                                                     : AR_ERROR(AR_ERR_MEM, "out of memory (dense step)")));
+  AR_CHECK_AGREE(p->comm, st && ds && ds->diag && ds->shiftv && ds->rhs, AR_ERR_MEM, "out of memory (dense step)");
   st->ev = ev, st->N = N, st->res = res, st->dd = p->d * p->d;
   ds->grid = grid, ds->kind = shift;
   if (shift == AR_SHIFT_GRAM) AR_CALL(gram_metric(ds, p, N));

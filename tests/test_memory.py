@@ -60,7 +60,7 @@ class MeasuredScaling(unittest.TestCase):
                 out = os.path.join(data, "e%d" % ranks)
                 run(ranks, "eval", "--data", data, "--x", data + "/X.npy", "--y", data + "/Y.npy", "--hessian",
                     "exact", "--out", out, "--quiet", timeout=1800)
-                rss[n, ranks] = summary(out + "/eval.json")["peak_rss_mb_max"]
+                rss[n, ranks] = summary(out + "/eval.json")["peak_rss_mb"]["max"]
         grow1 = rss[8192, 1] - rss[4096, 1]
         grow2 = rss[8192, 2] - rss[4096, 2]
         # the per-row arrays alone add 4096 rows x 13.6 KB = 56 MB at 1 rank, 28 MB at 2

@@ -35,9 +35,9 @@ class MultiStart(unittest.TestCase):
         cls.data = os.path.join(TMP, "p")
         run(2, "generate", "--n", 256, "--d", 6, "--seed", 2, "--out", cls.data, "--quiet")
 
-    def solve(self, np_, out, *extra, check=True, env=None):
-        cmd = ["mpirun", "--oversubscribe", "-n", str(np_), ATTNREG, "solve", "--data", self.data, "--out", out,
-               "--quiet"] + [str(a) for a in extra]
+    def solve(self, np_, out, *extra, check=True, env=None, quiet=True, data=None):
+        cmd = ["mpirun", "--oversubscribe", "-n", str(np_), ATTNREG, "solve", "--data", data or self.data, "--out",
+               out] + (["--quiet"] if quiet else []) + [str(a) for a in extra]
         p = subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=1200)
         if check:
             self.assertEqual(p.returncode, 0, p.stderr)
@@ -115,7 +115,69 @@ class MultiStart(unittest.TestCase):
         p = self.solve(2, os.path.join(TMP, "ck-bad"), "--starts", 16, "--strategy", "norm", "--restart", ck,
                        check=False)
         self.assertEqual(p.returncode, 2, p.stderr)
-        self.assertIn("written with other --starts, --strategy", p.stderr)
+        self.assertIn("written with --starts 16 --strategy starts --no-race off --start-seed 1 --start-scale 1; "
+                      "this run has --strategy norm", p.stderr)
+        # a single solve's checkpoint, and the multi-start format of earlier versions, are refused
+        p = self.solve(2, os.path.join(TMP, "ck-bad"), "--restart", ck, check=False)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("a multi-start checkpoint: continue it with the --starts it was written with", p.stderr)
+        old = os.path.join(os.path.dirname(__file__), "fuzz", "corpus_checkpoint", "old_arensm.ckpt")
+        p = self.solve(2, os.path.join(TMP, "ck-bad"), "--starts", 16, "--restart", old, check=False)
+        self.assertEqual(p.returncode, 3, p.stderr)
+        self.assertIn("a multi-start checkpoint of an earlier attnreg (format ARENSM 1)", p.stderr)
+
+    def test_memory_budget_picks_the_step(self):
+        """Bug: with --starts the memory budget's choice of step was ignored (each start re-chose it
+        without a budget and ran the dense Cholesky).  n = 512, d = 24: under --mem-per-rank 0.04 only
+        the matrix-free step fits on one rank; every start must run it, and summary.json says so.
+        Also a run without --quiet: its configuration line, round lines and final line."""
+        data = os.path.join(TMP, "p512")
+        run(2, "generate", "--n", 512, "--d", 24, "--seed", 1, "--out", data, "--quiet")
+        # the premise: on one rank (a group of --ranks-per-start 1) the plan's auto choice is CG
+        # under this budget and the dense step without one
+        plan = run(1, "plan", "--n", 512, "--d", 24, "--ranks", 1, "--mem-per-rank", 0.04).stdout
+        self.assertIn("matrix-free CG step", plan)
+        self.assertIn("dense Cholesky step", run(1, "plan", "--n", 512, "--d", 24, "--ranks", 1).stdout)
+        out = os.path.join(TMP, "budget")
+        p = self.solve(2, out, "--mem-per-rank", 0.04, "--starts", 2, "--max-iter", 2, "--no-race", quiet=False,
+                       data=data)
+        h = np.genfromtxt(out + "/history.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+        self.assertTrue((h["cg_iters"][1:] > 0).all(), h["cg_iters"])  # every step of the best start was CG
+        s = summary(out + "/summary.json")
+        self.assertEqual(s["linear_solver"], "cg")
+        self.assertEqual(s["options"]["linear-solver"], "cg")
+        self.assertGreater(s["cg_iterations"], 0)
+        self.assertGreater(s["hessian_vector_products"], 0)
+        for key in ("phases", "peak_rss_mb", "blas", "flops", "gflops", "grid", "tile", "chunk"):
+            self.assertIn(key, s)  # the same fields as a single solve's summary.json
+        for ph in ("io", "setup", "loss_gradient", "ring", "total"):
+            self.assertGreaterEqual(s["phases"][ph]["max"], s["phases"][ph]["avg"])
+        self.assertGreater(s["peak_rss_mb"]["max"], 0)
+        lines = p.stdout.splitlines()
+        self.assertRegex(lines[0], r"^attnreg \S+ solve: 2 starts \(starts, no racing\) in 2 groups of 1 ranks, "
+                         r"n=512 d=24 m=24$")
+        best = s["best_start"]
+        self.assertIn("round 1/1: starts 0-1 done, best start %d: rel_loss %.3e (DIVERGED_MAXITS)"
+                      % (best, s["rel_loss"]), p.stdout)
+        self.assertIn("best of 2 starts: start %d, loss %.10e" % (best, s["loss"]), lines[-1])
+
+    def test_signal_before_any_start_finished(self):
+        """Bug: a signal before any start of the round finished printed `best start -1` and read the
+        row before the table (rows[-1]).  The signal (test hook: raised during setup, on every rank)
+        stops the job with status 75, the round line says so; the checkpoint it writes holds
+        no round, and the restart from it runs the whole ensemble.  Not --quiet: the round line
+        is the one that went wrong."""
+        ck, out = os.path.join(TMP, "early.ckpt"), os.path.join(TMP, "early")
+        p = self.solve(2, out, "--starts", 8, "--checkpoint", ck, check=False, quiet=False,
+                       env=dict(ENV, ATTNREG_FAULT="signal-startup:1"))
+        self.assertEqual(p.returncode, 75, p.stderr)
+        self.assertNotIn("best start -1", p.stdout)
+        self.assertIn("round 1/1: starts 0-7 stopped by a signal (the round is redone on --restart)", p.stdout)
+        self.assertIn("multi-start stopped by a signal after 0 of 8 starts; checkpoint written to", p.stderr)
+        self.assertFalse(os.path.exists(out))
+        r = self.solve(2, out, "--starts", 8, "--restart", ck, quiet=False)
+        self.assertIn("round 1/1: starts 0-7 done, best start", r.stdout)
+        self.assertEqual(len(rows(out)), 8)
 
     def test_refusals(self):
         p = self.solve(4, os.path.join(TMP, "bad"), "--starts", 4, "--ranks-per-start", 3, check=False)

@@ -103,9 +103,16 @@ int main(int argc, char **argv)
       run_case(argv[1], argv[2], cases[c], 0, 0, 0, kinds[k]);
       for (int a = 3; a < argc; a++) {
         int pr, pc, nb;
-        if (sscanf(argv[a], "%dx%d:%d", &pr, &pc, &nb) != 3) continue;
+        char extra;
+        /* a grid argument that cannot be used fails the test: skipping it would leave that grid
+         * untested without a word */
+        const int ok = sscanf(argv[a], "%dx%d:%d%c", &pr, &pc, &nb, &extra) == 3 && pr >= 0 && pc >= 0 && nb >= 0;
+        TU_CHECK(ok, "grid argument '%s': not PRxPC:NB", argv[a]);
+        if (!ok) continue;
         if (pr == 0 && pc != 0) pr = size; /* "0x1" = P x 1, "1x0" = 1 x P, "0x0" = default grid */
         if (pc == 0 && pr != 0 && pr != size) pc = size;
+        TU_CHECK(pr * pc == size || (pr == 0 && pc == 0) || (pr == size && pc == 0),
+                 "grid argument '%s': %dx%d does not fit %d ranks", argv[a], pr, pc, size);
         run_case(argv[1], argv[2], cases[c], pr, pc, nb, kinds[k]);
       }
     }

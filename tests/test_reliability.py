@@ -14,6 +14,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from arutil import ATTNREG, ENV, rank_pids, run, state, summary  # noqa: E402
 
+# a checkpoint of format version 3 (attnreg before the one checkpoint module)
+OLD_CKPT = os.path.join(os.path.dirname(__file__), "fuzz", "corpus_checkpoint", "v3_solve_iter2.ckpt")
 TMP = tempfile.mkdtemp(prefix="attnreg-rel-")
 REF = os.path.join(os.path.dirname(__file__), "data", "reference")
 
@@ -334,12 +336,16 @@ class Checkpoint(unittest.TestCase):
             (["--data", self.data, "--restart", corrupt], 3, "checksum mismatch"),
             (["--data", self.data, "--restart", trunc], 3, "checksum mismatch"),
             (["--data", self.data, "--restart", self.data + "/B.npy"], 3, "not an attnreg checkpoint"),
-            (["--data", self.data, "--restart", ck, "--method", "alternating"], 2, "another --method"),
+            (["--data", self.data, "--restart", ck, "--method", "alternating"], 2, "this run has --method alternating"),
             (["--data", self.data, "--restart", ck, "--hessian", "exact"], 2, "--hessian"),
             (["--data", self.data, "--restart", ck, "--chord-steps", "0"], 2, "--chord-steps"),
             (["--data", self.data, "--restart", ck, "--lambda-x", "0.5"], 2, "--lambda-x"),
-            (["--data", self.data, "--restart", ck, "--lambda-y", "0.5"], 2, "written with --lambda-x 0 --lambda-y 0"),
+            (["--data", self.data, "--restart", ck, "--lambda-y", "0.5"], 2,
+             "--lambda-x 0 --lambda-y 0; this run has --whiten off --lambda-y 0.5"),
             (["--data", REF + "/tiny", "--restart", ck], 3, "written for n=1536 d=12 m=6"),
+            (["--data", self.data, "--restart", OLD_CKPT], 3,
+             "checkpoint format version 3, written by an earlier attnreg, is not supported"),
+            (["--data", self.data, "--restart", ck, "--starts", 8], 2, "a single solve's checkpoint"),
         ]
         for i, (args, code, msg) in enumerate(cases):
             np_ = (0, 3)[i % 2]  # every rank checks: one rank (no mpirun, arutil.run) and three, alternately

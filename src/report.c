@@ -1,0 +1,134 @@
+/* The one writer of eval.json and summary.json (report.h). */
+#include "report.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "error.h"
+#include "timing.h"
+
+void ar_report_begin(ar_report *R, MPI_Comm comm, ar_problem prob, ar_eval ev, ar_grid grid)
+{
+  memset(R, 0, sizeof *R);
+  R->comm = comm;
+  MPI_Comm_size(comm, &R->ranks);
+  ar_problem_sizes(prob, &R->n, &R->d, &R->m);
+  R->bnorm2 = ar_problem_bnorm2(prob) > 0 ? ar_problem_bnorm2(prob) : 1;
+  R->tile = ev ? ar_eval_tile(ev) : 0, R->chunk = ev ? ar_eval_chunk(ev) : 0;
+  R->pr = R->pc = 1;
+  if (grid) ar_grid_shape(grid, &R->pr, &R->pc);
+}
+
+double ar_report_gflops(const ar_report *R)
+{
+  const double t = R->ph[AR_PHASE_TOTAL].max;
+  return t > 0 ? R->flops_all / t * 1e-9 : 0.0;
+}
+
+int ar_report_cg_iterations(const ar_solve_result *r)
+{
+  int cg = 0;
+  for (int i = 0; r->history && i <= r->iterations; i++) cg += r->history[i].cg_iters;
+  return cg;
+}
+
+void ar_report_grid(FILE *f, const ar_report *R) { fprintf(f, "\"%dx%d\"", R->pr, R->pc); }
+
+/* blas.c's member, without its name and separator: the object alone. */
+void ar_report_blas(FILE *f, const ar_report *R)
+{
+  char *s = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&s, &len);
+  if (m) ar_blas_json(m, ""), fclose(m);
+  const char *a = s ? strchr(s, '{') : NULL, *b = s ? strrchr(s, '}') : NULL;
+  if (a && b > a) fprintf(f, "%.*s", (int)(b - a + 1), a);
+  else fputs("null", f);
+  free(s);
+}
+
+void ar_report_quantiles(FILE *f, const ar_report *R)
+{
+  const double *q = R->ms->q;
+  fprintf(f, "{\"min\": %.6g, \"q10\": %.6g, \"median\": %.6g, \"q90\": %.6g, \"max\": %.6g}", q[0], q[1], q[2], q[3],
+          q[4]);
+}
+
+void ar_report_rss(FILE *f, const ar_report *R)
+{
+  fprintf(f, "{\"max\": %.1f, \"avg\": %.1f}", R->rss_max, R->rss_avg);
+}
+
+/* Each phase: max and average over the ranks, and the imbalance max/min (null when a rank
+ * spent no time in it while another did). */
+void ar_report_phases(FILE *f, const ar_report *R)
+{
+  fputs("{\n", f);
+  for (int i = 0; i < AR_PHASE_COUNT; i++) {
+    const ar_phase_stat *s = &R->ph[i];
+    fprintf(f, "    \"%s\": {\"max\": %.6f, \"avg\": %.6f, \"min\": %.6f, \"max_over_min\": ", ar_phase_name(i), s->max,
+            s->avg, s->min);
+    if (s->min > 0) fprintf(f, "%.4f}", s->max / s->min);
+    else fputs(s->max > 0 ? "null}" : "1}", f);
+    fputs(i + 1 < AR_PHASE_COUNT ? ",\n" : "\n", f);
+  }
+  fputs("  }", f);
+}
+
+void ar_report_options(FILE *f, const ar_report *R)
+{
+  fputs("{\n", f);
+  ar_options_write_json(f, R->opts, R->nopts, "    ");
+  fputs("  }", f);
+}
+
+/* The value writers of the list's kinds. */
+static void put_INT(FILE *f, const ar_report *R, long long v) { fprintf(f, "%lld", v); }
+static void put_REAL(FILE *f, const ar_report *R, double v)
+{
+  if (isfinite(v)) fprintf(f, "%.17g", v);
+  else fputs("null", f); /* JSON has no NaN or Inf */
+}
+static void put_SECONDS(FILE *f, const ar_report *R, double v) { fprintf(f, "%.6f", v); }
+static void put_RATE(FILE *f, const ar_report *R, double v) { fprintf(f, "%.6g", v); }
+static void put_STRING(FILE *f, const ar_report *R, const char *v) { ar_json_string(f, v ? v : "?"); }
+static void put_BOOL(FILE *f, const ar_report *R, int v) { fputs(v ? "true" : "false", f); }
+static void put_OBJECT(FILE *f, const ar_report *R, void (*fn)(FILE *, const ar_report *)) { fn(f, R); }
+
+static void write_fields(FILE *f, const ar_report *R)
+{
+  const char *sep = "{\n";
+#define AR_REPORT_PUT(kind, name, value, when) \
+  if (when) {                                  \
+    fprintf(f, "%s  \"%s\": ", sep, #name);    \
+    put_##kind(f, R, value);                   \
+    sep = ",\n";                               \
+  }
+  AR_REPORT_FIELDS(AR_REPORT_PUT, R)
+#undef AR_REPORT_PUT
+  fputs("\n}\n", f);
+}
+
+int ar_report_write(ar_report *R, ar_out *out, const char *file)
+{
+  int rank;
+  MPI_Comm_rank(R->comm, &rank);
+  const double rss = ar_peak_rss_mb();
+  double sum[2], in[2] = {R->flops, rss};
+  AR_CALL_MPI(MPI_Allreduce(in, sum, 2, MPI_DOUBLE, MPI_SUM, R->comm));
+  AR_CALL_MPI(MPI_Allreduce(&rss, &R->rss_max, 1, MPI_DOUBLE, MPI_MAX, R->comm));
+  R->flops_all = sum[0], R->rss_avg = sum[1] / R->ranks;
+  AR_CALL(ar_phases_reduce(R->comm, &R->times, R->ph));
+  int err = AR_OK;
+  if (rank == 0) {
+    FILE *f = ar_out_fopen(out, file);
+    if (!f) err = AR_ERROR(AR_ERR_IO, "%s", ar_error_message());
+    if (f) {
+      write_fields(f, R);
+      if (fclose(f) != 0) err = AR_ERROR(AR_ERR_IO, "%s/%s: write failed", out->dir, file);
+    }
+  }
+  return ar_error_agree(R->comm, err);
+}

@@ -7,6 +7,13 @@
 
 #include "error.h"
 
+void ar_partition(int64_t n, int size, int rank, int64_t *r0, int64_t *r1)
+{
+  int64_t q = n / size, rem = n % size;
+  *r0 = rank * q + (rank < rem ? rank : rem);
+  *r1 = *r0 + q + (rank < rem ? 1 : 0);
+}
+
 double ar_mask_pairs(int64_t a, int64_t b, int64_t o0, int64_t o1, int causal)
 {
   if (b <= a) return 0;

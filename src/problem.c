@@ -12,13 +12,6 @@
 #include "hash.h"
 #include "npy.h"
 
-void ar_partition(int64_t n, int size, int rank, int64_t *r0, int64_t *r1)
-{
-  int64_t q = n / size, rem = n % size;
-  *r0 = rank * q + (rank < rem ? rank : rem);
-  *r1 = *r0 + q + (rank < rem ? 1 : 0);
-}
-
 int ar_data_paths_from_dir(const char *dir, ar_data_paths *p, char *storage)
 {
   const size_t cap = 4096;

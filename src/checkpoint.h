@@ -31,7 +31,8 @@
   X(int64_t, n, "n", NULL, (J)->n)                                         \
   X(int, d, "d", NULL, (J)->d)                                             \
   X(int, m, "m", NULL, (J)->m)                                             \
-  X(uint64_t, data_hash, "data checksum", ar_ckpt_hidden, ar_problem_hash((J)->prob))
+  X(uint64_t, data_hash, "data checksum", ar_ckpt_hidden, ar_problem_hash((J)->prob))   \
+  X(uint64_t, mask_hash, "mask (--segments, --causal) checksum", ar_ckpt_hidden, ar_problem_mask_hash((J)->prob))
 
 /* The options that change the iterates: a restart with others is refused (AR_ERR_USAGE). */
 #define AR_CKPT_OPTION_FIELDS(X, J)                                                            \

@@ -17,6 +17,8 @@ void ar_report_begin(ar_report *R, MPI_Comm comm, ar_problem prob, ar_eval ev, a
   ar_problem_sizes(prob, &R->n, &R->d, &R->m);
   R->bnorm2 = ar_problem_bnorm2(prob) > 0 ? ar_problem_bnorm2(prob) : 1;
   R->tile = ev ? ar_eval_tile(ev) : 0, R->chunk = ev ? ar_eval_chunk(ev) : 0;
+  ar_problem_layout_info(prob, &R->lay);
+  if (ev) ar_eval_work_info(ev, &R->work), R->has_work = 1;
   R->pr = R->pc = 1;
   if (grid) ar_grid_shape(grid, &R->pr, &R->pc);
 }
@@ -35,6 +37,28 @@ int ar_report_cg_iterations(const ar_solve_result *r)
 }
 
 void ar_report_grid(FILE *f, const ar_report *R) { fprintf(f, "\"%dx%d\"", R->pr, R->pc); }
+
+/* How the rows are laid out over the ranks (docs/layout.md §6). */
+void ar_report_layout(FILE *f, const ar_report *R)
+{
+  const ar_layout_info *L = &R->lay;
+  fprintf(f, "{\"groups\": %d, \"max_group\": %d, \"zigzag\": %s, \"rows_max\": %lld}", L->groups, L->max_group,
+          L->zigzag ? "true" : "false", (long long)L->rows_max);
+}
+
+/* The masked work of one trip over the key blocks: pairs the mask leaves, logits computed (box
+ * area) on the busiest and the average rank, their ratio (the work imbalance), the ring's step
+ * efficiency, and the share of the run the busiest rank spent waiting for key blocks. */
+void ar_report_work(FILE *f, const ar_report *R)
+{
+  const ar_eval_work *w = &R->work;
+  const double t = R->ph[AR_PHASE_TOTAL].max;
+  fprintf(f,
+          "{\"pairs\": %.17g, \"area_max\": %.17g, \"area_avg\": %.17g, \"imbalance\": %.4f, "
+          "\"step_efficiency\": %.4f, \"ring_wait_fraction\": %.4f}",
+          w->pairs_total, w->area_max, w->area_avg, w->area_avg > 0 ? w->area_max / w->area_avg : 1.0,
+          w->step_efficiency, t > 0 ? R->ph[AR_PHASE_RING].max / t : 0.0);
+}
 
 /* blas.c's member, without its name and separator: the object alone. */
 void ar_report_blas(FILE *f, const ar_report *R)

@@ -32,6 +32,9 @@ typedef struct {
   int64_t n, tile, chunk;
   int d, m, ranks, pr, pc;
   double bnorm2;
+  ar_layout_info lay;        /* the mask and the row layout */
+  ar_eval_work work;         /* the evaluator's masked work (valid if has_work) */
+  int has_work;
   /* set by the caller */
   int nb;
   double loss, grad_norm;    /* at the reported point (grad_norm: the solver's variables) */
@@ -62,6 +65,10 @@ typedef struct {
   X(INT, tile, (R)->tile, 1)                                                                         \
   X(INT, chunk, (R)->chunk, 1)                                                                       \
   X(OBJECT, blas, ar_report_blas, 1)                                                                 \
+  X(INT, segments, (R)->lay.nseg, 1)                                                                 \
+  X(BOOL, causal, (R)->lay.causal, 1)                                                                \
+  X(OBJECT, layout, ar_report_layout, 1)                                                             \
+  X(OBJECT, work, ar_report_work, (R)->has_work)                                                     \
   X(INT, starts, (R)->ms->starts, (R)->ms)                                                           \
   X(INT, ranks_per_start, (R)->ms->ranks_per_start, (R)->ms)                                         \
   X(INT, groups, (R)->ms->groups, (R)->ms)                                                           \
@@ -99,6 +106,8 @@ double ar_report_gflops(const ar_report *R);
 int ar_report_cg_iterations(const ar_solve_result *r);
 void ar_report_grid(FILE *f, const ar_report *R);
 void ar_report_blas(FILE *f, const ar_report *R);
+void ar_report_layout(FILE *f, const ar_report *R);
+void ar_report_work(FILE *f, const ar_report *R);
 void ar_report_quantiles(FILE *f, const ar_report *R);
 void ar_report_rss(FILE *f, const ar_report *R);
 void ar_report_phases(FILE *f, const ar_report *R);

@@ -126,6 +126,32 @@ class Solve(unittest.TestCase):
         self.assertAlmostEqual(losses["none"], ref_none, delta=1e-11 * ref_none)
         self.assertGreater(abs(ref - ref_none), 1e-3 * ref)
 
+    def test_mask_in_reports_and_checkpoints(self):
+        """summary.json records the mask and the masked work; a checkpoint is tied to its mask: a
+        restart with other segments or without --causal is refused, with the same one it goes on."""
+        ck = TMP + "/ck-mask.bin"
+        s = self.solve(2, self.causal, TMP + "/ck-a", "--causal", "--checkpoint", ck, "--checkpoint-every", 1,
+                       "--max-iter", 2)
+        self.assertEqual((s["segments"], s["causal"]), (6, True))
+        w = s["work"]
+        self.assertLess(w["pairs"], 600 * 600 / 4)   # causal, six sequences: a small part of n^2
+        self.assertAlmostEqual(w["imbalance"], w["area_max"] / w["area_avg"], places=3)
+        self.assertGreaterEqual(w["imbalance"], 1.0)
+        self.assertTrue(0 <= w["ring_wait_fraction"] <= 1)
+        self.assertEqual(s["layout"]["groups"] >= 1, True)
+        plain = self.solve(1, self.plain, TMP + "/ck-p", "--segments", "none", "--max-iter", 1)
+        self.assertEqual((plain["segments"], plain["causal"]), (1, False))
+        other = TMP + "/segs-other.npy"
+        np.save(other, np.array([0, 300, 600], dtype=np.int64))
+        for extra in (["--segments", "none", "--causal"], ["--segments", other, "--causal"], []):
+            p = run(2, "solve", "--data", self.causal, "--restart", ck, "--out", TMP + "/ck-b", "--quiet", *extra,
+                    check=False)
+            self.assertEqual(p.returncode, 3, (extra, p.stderr[-300:]))
+            self.assertIn("written for other input data (the mask (--segments, --causal) checksum differs)", p.stderr)
+        run(3, "solve", "--data", self.causal, "--causal", "--restart", ck, "--out", TMP + "/ck-c", "--quiet")
+        s = summary(TMP + "/ck-c/summary.json")
+        self.assertTrue(s["converged"], s["reason"])
+
     def test_multistart_under_the_mask(self):
         """Multi-start honours the mask: the same best start and point on 1 and 2 ranks, and it is
         the masked problem's minimum."""

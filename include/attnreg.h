@@ -296,6 +296,7 @@ void ar_dmat_times(ar_dmat A, double *t_factor, double *t_solve, int *nfactor);
   X(AR_CONVERGED_GTTOL, "CONVERGED_GTTOL", 1)                              \
   X(AR_CONVERGED_FTOL, "CONVERGED_FTOL", 1)                                \
   X(AR_CONVERGED_STEPTOL, "CONVERGED_STEPTOL", 1)                          \
+  X(AR_CONVERGED_FLOOR, "CONVERGED_FLOOR", 1)                              \
   X(AR_DIVERGED_MAXITS, "DIVERGED_MAXITS", 0)                              \
   X(AR_DIVERGED_MU_OVERFLOW, "DIVERGED_MU_OVERFLOW", 0)                    \
   X(AR_DIVERGED_TIME_LIMIT, "DIVERGED_TIME_LIMIT", 0)                      \
@@ -394,7 +395,7 @@ typedef int (*ar_stop_fn)(const ar_iter_info *it, void *ctx);
 #define AR_STATE_FIELDS(X)                                                                          \
   X(int, iter) X(int, accepted) X(double, mu) X(double, nu) X(double, f_prev) X(double, g0norm)    \
   X(double, step_norm) X(double, rho) X(int, h_kind) X(int, hk_next) X(int, h_fresh) X(int, nchord) \
-  X(double, fact_shift) X(double, contraction)
+  X(double, fact_shift) X(double, contraction) X(int, nfloor)
 
 typedef struct {
   AR_STATE_FIELDS(AR_FIELD_DECL)
@@ -419,6 +420,7 @@ typedef struct {
   int64_t max_iter;
   double time_limit;         /* seconds, <= 0: none */
   double gatol, grtol, gttol, ftol, steptol;
+  int floor_iters;           /* stop (CONVERGED_FLOOR) after this many steps in a row at f's rounding floor (0: never) */
   double mu0, mu_max;        /* initial and largest LM shift (relative to mean |diag H|) */
   int nb;                    /* ScaLAPACK block size (0: default) */
   volatile sig_atomic_t *interrupt; /* non-zero on any rank: checkpoint and stop (AR_DIVERGED_SIGNAL) */

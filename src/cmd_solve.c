@@ -44,6 +44,9 @@ static int option_table(solve_cfg *s, ar_option *opts)
       {"gttol", AR_OPT_DOUBLE, &so->gttol, "stop when |grad| <= gttol * |grad_0|", "0"},
       {"ftol", AR_OPT_DOUBLE, &so->ftol, "stop when an accepted step changes L by <= ftol * L", "0"},
       {"steptol", AR_OPT_DOUBLE, &so->steptol, "stop when |step| <= steptol * (|z| + steptol)", "0"},
+      {"floor-iters", AR_OPT_INT, &so->floor_iters,
+       "stop (CONVERGED_FLOOR) after K steps in a row whose predicted and actual change of L are below its rounding "
+       "error (0: never)", "2"},
       {"mu0", AR_OPT_DOUBLE, &so->mu0, "initial Levenberg-Marquardt shift (relative to mean |diag H|)", "0"},
       {"out", AR_OPT_STRING, &s->out, "output directory for X.npy Y.npy history.csv summary.json"},
       {"checkpoint", AR_OPT_STRING, &s->checkpoint,

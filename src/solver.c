@@ -4,7 +4,7 @@
  *   z = (vec X, vec Y)  [alternating: Y <- least squares, then z = vec X alone]
  *   evaluate f, g, H at z; g0 = |g|; monitor iteration 0   [restart: the saved state instead]
  *   loop:
- *     reason = converged(...)  in the fixed order NaN, gatol, grtol, gttol, ftol, steptol,
+ *     reason = converged(...)  in the fixed order NaN, gatol, grtol, gttol, ftol, steptol, floor,
  *                              max_it, mu overflow, time limit, signal      -> stop if set
  *     H at z (fresh): s = mean |diag H| * min(1, |g|/|g0|)  (dimensionless mu; shift -> 0 as g -> 0)
  *                     factor H + mu s M (pdpotrf; M: --shift, by default the inputs' Gram
@@ -51,6 +51,7 @@ void ar_solver_options_default(ar_solver_options *o)
   o->gttol = 1e-13;
   o->ftol = 0;
   o->steptol = 1e-14;
+  o->floor_iters = 2;
   o->mu0 = 1e-3;
   o->mu_max = 1e16;
   o->linear_solver = AR_LINSOLVE_AUTO;
@@ -79,6 +80,7 @@ int ar_solver_options_check(const ar_solver_options *o)
   AR_CHECK(ar_linear_solver_name(o->linear_solver), AR_ERR_USAGE, "--linear-solver: %d is not a solver",
            o->linear_solver);
   AR_CHECK(ar_shift_name(o->shift), AR_ERR_USAGE, "--shift: %d is not a shift kind", o->shift);
+  AR_CHECK(o->floor_iters >= 0, AR_ERR_USAGE, "--floor-iters: must be >= 0, got %d", o->floor_iters);
   AR_CHECK(o->cg_max_iter >= 1, AR_ERR_USAGE, "--cg-max-iter: must be >= 1, got %d", o->cg_max_iter);
   AR_CHECK(o->checkpoint_every >= 0, AR_ERR_USAGE, "--checkpoint-every: must be >= 0, got %d", o->checkpoint_every);
   return AR_OK;
@@ -128,6 +130,7 @@ static ar_reason converged(const lm_state *s)
   if (st->iter > 0 && o->ftol > 0 && st->accepted && fabs(st->f_prev - s->f) <= o->ftol * st->f_prev)
     return AR_CONVERGED_FTOL;
   if (st->iter > 0 && st->step_norm <= o->steptol * (norm2(st->z, s->N) + o->steptol)) return AR_CONVERGED_STEPTOL;
+  if (o->floor_iters > 0 && st->nfloor >= o->floor_iters) return AR_CONVERGED_FLOOR;
   if (st->iter >= o->max_iter) return AR_DIVERGED_MAXITS;
   if (st->mu > o->mu_max) return AR_DIVERGED_MU_OVERFLOW;
   /* the time limit: stop when it is reached, or before an iteration that, by the last one's
@@ -284,6 +287,7 @@ static int try_step(lm_state *s)
   st->rho = s->pred > 0 && isfinite(ft) ? (s->f - ft) / s->pred : -INFINITY;
   const int floor = at_rounding_floor(s, ft);
   if (floor) st->rho = 1;
+  st->nfloor = floor && st->step_norm > 0 ? st->nfloor + 1 : 0;
   st->accepted = st->step_norm > 0 && isfinite(ft) && (floor || (ft < s->f && st->rho > 1e-4));
   return st->accepted ? accept(s, ft, trusted, thk) : reject(s, thk);
 }

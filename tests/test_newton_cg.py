@@ -79,7 +79,7 @@ class MatrixFree(unittest.TestCase):
 
     def test_checkpoint_restart(self):
         full = os.path.join(TMP, "ck-full")
-        s_full = self.solve(2, full, "--linear-solver", "cg", "--gttol", "0", "--steptol", "0", "--max-iter", "7")
+        s_full = self.solve(2, full, "--linear-solver", "cg", "--gttol", "0", "--steptol", "0", "--floor-iters", "0", "--max-iter", "7")
         ck = os.path.join(TMP, "cg.ckpt")
         env = dict(ENV, ATTNREG_FAULT="signal:3")
         import subprocess
@@ -89,7 +89,7 @@ class MatrixFree(unittest.TestCase):
                            env=env, capture_output=True, text=True, timeout=600)
         self.assertEqual(p.returncode, 75, p.stderr)
         out = os.path.join(TMP, "ck-restart")
-        run(2, "solve", "--data", self.data, "--restart", ck, "--linear-solver", "cg", "--gttol", "0", "--steptol", "0",
+        run(2, "solve", "--data", self.data, "--restart", ck, "--linear-solver", "cg", "--gttol", "0", "--steptol", "0", "--floor-iters", "0",
             "--max-iter", "7", "--out", out, "--quiet")
         s = summary(out + "/summary.json")
         self.assertEqual(s["iterations"], s_full["iterations"])

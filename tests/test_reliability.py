@@ -152,7 +152,7 @@ def solve_cmd(np_, data, *extra):
 
 # Runs that only a signal (or a rank's death) can end: no convergence test can fire, and the
 # iteration limit is far beyond what the signal needs, even on a machine many times slower.
-ENDLESS = ["--gttol", "0", "--steptol", "0", "--max-iter", "100000"]
+ENDLESS = ["--gttol", "0", "--steptol", "0", "--floor-iters", "0", "--max-iter", "100000"]
 HANG = 600  # seconds: a hang detector, not a speed requirement
 
 

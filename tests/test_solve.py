@@ -144,7 +144,7 @@ class Termination(unittest.TestCase):
 
     def test_every_reason_in_order(self):
         data = planted("term", n=128, d=4, m=4, seed=3, x_scale=0.5, noise=0.01)
-        endless = ["--gttol", "0", "--steptol", "0"]
+        endless = ["--gttol", "0", "--steptol", "0", "--floor-iters", "0"]
 
         def solve(name, *extra, fault=None, code=0):
             out = os.path.join(TMP, "term-" + name)
@@ -184,6 +184,15 @@ class Termination(unittest.TestCase):
             with self.subTest(reason=reason, options=extra, fault=fault):
                 _, s, _ = solve(reason, *extra, fault=fault)
                 self.assertEqual((s["reason"], s["iterations"]), (reason, iterations))
+        # the rounding floor (noise 0.01: a nonzero residual): with the gradient and step tests off
+        # the solve ends there, converged, well before --max-iter; with --floor-iters 0 it runs on
+        _, s, h = solve("floor", "--gttol", 0, "--steptol", 0, "--max-iter", 200)
+        self.assertEqual(s["reason"], "CONVERGED_FLOOR")
+        self.assertLess(s["iterations"], 60)
+        f = np.array(h["loss"])
+        self.assertLessEqual(abs(f[-1] - f[-3]), 1e-12 * f[-1])  # two steps in a row changed L by rounding only
+        _, s, _ = solve("floor-off", *endless, "--max-iter", s["iterations"] + 5)
+        self.assertEqual(s["reason"], "DIVERGED_MAXITS")
         # a time limit in the middle of a run that nothing else would end: it stops at the first
         # iteration boundary past the limit, however fast the machine
         limit = 0.5

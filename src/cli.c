@@ -110,17 +110,6 @@ int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_ra
   return AR_OK;
 }
 
-void ar_cli_time_stats(MPI_Comm comm, double t, double *mx, double *avg)
-{
-  int size;
-  MPI_Comm_size(comm, &size);
-  double in[2] = {t, -t}, out[2];
-  MPI_Allreduce(in, out, 2, MPI_DOUBLE, MPI_MAX, comm); /* max, and -min (unused) */
-  MPI_Allreduce(&t, avg, 1, MPI_DOUBLE, MPI_SUM, comm);
-  *mx = out[0];
-  *avg /= size;
-}
-
 int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int rows, int cols, double *dst)
 {
   int rank, err = AR_OK;
@@ -230,9 +219,3 @@ void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *sou
             mb(p->comm_allreduce), mb(p->comm_hessian), mb(p->comm_cholesky), mb(p->comm_total));
 }
 
-void ar_cli_phase_json(MPI_Comm comm, FILE *f, const char *name, double t, int last)
-{
-  double mx, avg;
-  ar_cli_time_stats(comm, t, &mx, &avg);
-  if (f) fprintf(f, "    \"%s\": {\"max\": %.6f, \"avg\": %.6f}%s\n", name, mx, avg, last ? "" : ",");
-}

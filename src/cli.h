@@ -81,9 +81,5 @@ int ar_cli_memory_budget(MPI_Comm comm, double mem_per_rank_gb, double *bytes, c
 /* Not collective: the plan as a table. */
 void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *source);
 
-/* Collective: a local time reduced to its maximum and average over comm. */
-void ar_cli_time_stats(MPI_Comm comm, double t, double *mx, double *avg);
-/* Collective: phase time t reduced to max / avg, written as a JSON member on rank 0 (f). */
-void ar_cli_phase_json(MPI_Comm comm, FILE *f, const char *name, double t, int last);
 
 #endif

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "lapack.h"
 #include "memory.h"
 #include "eval_impl.h"
 #include "softmax.h"
@@ -682,9 +683,6 @@ int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *P
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, PtB, d * m, MPI_DOUBLE, MPI_SUM, p->comm));
   return AR_OK;
 }
-
-extern void dposv_(const char *uplo, const int *n, const int *nrhs, double *a, const int *lda, double *b,
-                   const int *ldb, int *info);
 
 /* Y from the normal equations (P^T P + lambda_y I) Y = P^T B; a singular P^T P gets a tiny
  * shift.  Same inputs on every rank and a deterministic LAPACK: every rank gets the same Y. */

@@ -15,9 +15,9 @@
 #include <string.h>
 
 #include "error.h"
+#include "lapack.h"
 #include "problem_impl.h"
 
-extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 
 struct ar_whitening_s {
   int d, m;

@@ -247,6 +247,7 @@ ar_problem ar_eval_problem(ar_eval ev);              /* global: the problem it e
 void ar_eval_set_progress(ar_eval ev, ar_progress *p); /* not collective: report tiles done to p */
 void ar_eval_ridge(ar_eval ev, double *lambda_x, double *lambda_y); /* global: the ridge weights */
 void ar_eval_work_info(ar_eval ev, ar_eval_work *w); /* not collective (computed at creation) */
+double ar_eval_exps(ar_eval ev);                     /* this rank: exponentials computed since creation */
 /* Collective: L at z (global X, Y); grad if out->grad != NULL; Hessian of kind hk into
  * out->hess if hk != AR_HESS_NONE (out->hess must be a D x D ar_dmat). */
 int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, ar_eval_out *out);

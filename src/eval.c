@@ -401,6 +401,7 @@ static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_g
     const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
     ar_gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, n, flops);
     ar_softmax_rows_lse(ev->scores, r, n, ev->lse + j0);
+    ev->exps += (double)r * (double)n;
     ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, n, 1.0, ev->scores, n, T, ldt, 0.0, ev->fwd + j0 * lda, lda, flops);
     if (Y) finish_rows(ev, Y, j0, r, lda, loss, flops);
     if (T2) backward_tile(ev, j0, r, ev->vals, n, T2, ldt2, ldb, 0.0, flops);
@@ -458,8 +459,10 @@ void ar_eval_logits(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64_t
       for (int64_t l = 0; l < lo && l < cr; l++) row[l] = -INFINITY;
       for (int64_t l = hi > 0 ? hi : 0; l < cr; l++) row[l] = -INFINITY;
     }
-  if (probs) ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0);
+  if (probs) ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0), ev->exps += (double)r * (double)cr;
 }
+
+double ar_eval_exps(ar_eval ev) { return ev->exps; }
 
 /* Forward trip: online softmax, fwd = F [A3 | A2 | R23] (or F A3). */
 typedef struct {
@@ -481,6 +484,7 @@ static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double
   const int lda = f->lda;
   ar_eval_logits(ev, j0, r, kv, cr, 0, t->flops);
   ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
+  ev->exps += (double)r * (double)cr;
   for (int64_t j = 0; j < r; j++)
     if (ev->rescale[j] != 1.0)
       for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];

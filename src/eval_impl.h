@@ -45,6 +45,7 @@ struct ar_eval_s {
   int64_t *blk_lo, *blk_hi; /* per local row: its keys [lo, hi) in the block in hand (block-local) */
   struct ar_box_s *boxes;   /* a tile's boxes */
   int64_t box_kb;           /* the box being computed: its first key (block-local) */
+  double exps;              /* this rank: exponentials computed since creation (ar_eval_exps) */
   int box_partial;          /* ... holds masked entries */
   ar_eval_work work;        /* what a trip does here and over the ranks (dry run at creation) */
   double units_trip;        /* progress units (tiles with work) of one trip */

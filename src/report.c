@@ -18,7 +18,7 @@ void ar_report_begin(ar_report *R, MPI_Comm comm, ar_problem prob, ar_eval ev, a
   R->bnorm2 = ar_problem_bnorm2(prob) > 0 ? ar_problem_bnorm2(prob) : 1;
   R->tile = ev ? ar_eval_tile(ev) : 0, R->chunk = ev ? ar_eval_chunk(ev) : 0;
   ar_problem_layout_info(prob, &R->lay);
-  if (ev) ar_eval_work_info(ev, &R->work), R->has_work = 1;
+  if (ev) ar_eval_work_info(ev, &R->work), R->has_work = 1, R->ev = ev;
   R->pr = R->pc = 1;
   if (grid) ar_grid_shape(grid, &R->pr, &R->pc);
 }
@@ -140,10 +140,10 @@ int ar_report_write(ar_report *R, ar_out *out, const char *file)
   int rank;
   MPI_Comm_rank(R->comm, &rank);
   const double rss = ar_peak_rss_mb();
-  double sum[2], in[2] = {R->flops, rss};
-  AR_CALL_MPI(MPI_Allreduce(in, sum, 2, MPI_DOUBLE, MPI_SUM, R->comm));
+  double sum[3], in[3] = {R->flops, rss, R->ev ? ar_eval_exps(R->ev) : 0};
+  AR_CALL_MPI(MPI_Allreduce(in, sum, 3, MPI_DOUBLE, MPI_SUM, R->comm));
   AR_CALL_MPI(MPI_Allreduce(&rss, &R->rss_max, 1, MPI_DOUBLE, MPI_MAX, R->comm));
-  R->flops_all = sum[0], R->rss_avg = sum[1] / R->ranks;
+  R->flops_all = sum[0], R->rss_avg = sum[1] / R->ranks, R->exps_all = sum[2];
   AR_CALL(ar_phases_reduce(R->comm, &R->times, R->ph));
   int err = AR_OK;
   if (rank == 0) {

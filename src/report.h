@@ -35,6 +35,7 @@ typedef struct {
   ar_layout_info lay;        /* the mask and the row layout */
   ar_eval_work work;         /* the evaluator's masked work (valid if has_work) */
   int has_work;
+  ar_eval ev;                /* its exponentials are counted (NULL: none) */
   /* set by the caller */
   int nb;
   double loss, grad_norm;    /* at the reported point (grad_norm: the solver's variables) */
@@ -48,7 +49,7 @@ typedef struct {
   const ar_option *opts;
   int nopts;
   /* set by ar_report_write (reduced over comm) */
-  double flops_all, rss_max, rss_avg;
+  double flops_all, exps_all, rss_max, rss_avg;
   ar_phase_stat ph[AR_PHASE_COUNT];
 } ar_report;
 
@@ -84,6 +85,7 @@ typedef struct {
   X(SECONDS, wall_seconds, (R)->wall, 1)                                                             \
   X(RATE, flops, (R)->flops_all, 1)                                                                  \
   X(RATE, gflops, ar_report_gflops(R), 1)                                                            \
+  X(RATE, exponentials, (R)->exps_all, (R)->ev)                                                      \
   X(STRING, linear_solver, ar_linear_solver_name((R)->res->linear_solver), (R)->res)                 \
   X(INT, cg_iterations, ar_report_cg_iterations((R)->res), (R)->res)                                 \
   X(INT, hessian_vector_products, (R)->res->hessvecs, (R)->res)                                      \

@@ -152,6 +152,18 @@ class Solve(unittest.TestCase):
         s = summary(TMP + "/ck-c/summary.json")
         self.assertTrue(s["converged"], s["reason"])
 
+    def test_exponentials_counted(self):
+        """eval.json counts the exponentials: one per computed logit in each of the two passes
+        (forward, backward; the Hessian's parts come with the backward pass), so the mask's
+        skipped boxes cost none: 2 x the box area, far below 2 n^2 under a causal calibration set."""
+        for h in ("none", "exact"):
+            out = TMP + "/exps-" + h
+            run(2, "eval", "--data", self.causal, "--causal", "--x", self.causal + "/X0.npy",
+                "--y", self.causal + "/Y_true.npy", "--hessian", h, "--out", out, "--quiet")
+            s = summary(out + "/eval.json")
+            self.assertEqual(s["exponentials"], 2 * s["work"]["area_avg"] * s["ranks"], h)
+            self.assertLess(s["exponentials"], 0.25 * 2 * 600 ** 2)
+
     def test_multistart_under_the_mask(self):
         """Multi-start honours the mask: the same best start and point on 1 and 2 ranks, and it is
         the masked problem's minimum."""

@@ -31,6 +31,10 @@ static const struct {
     {"Cooperlake", AR_ISA_AVX512}, {"SapphireRapids", AR_ISA_AVX512},
 };
 
+static char refused[512];
+
+void ar_blas_set_refused(const char *why) { snprintf(refused, sizeof refused, "%s", why ? why : ""); }
+
 const char *ar_isa_name(ar_isa isa)
 {
   static const char *names[] = {"unknown", "SSE", "AVX", "AVX2", "AVX-512"};
@@ -70,6 +74,11 @@ void ar_blas_info_get(ar_blas_info *b)
    * against Cooperlake's 62 on a Xeon with both), Haswell's run on every AVX2 + FMA CPU. */
   if (b->core_isa != AR_ISA_UNKNOWN && b->core_isa < b->cpu_isa && b->cpu_isa >= AR_ISA_AVX2)
     b->fit = b->cpu_isa == AR_ISA_AVX512 ? "SkylakeX" : "Haswell";
+  const char *test = getenv("ATTNREG_REEXEC_TEST_CORE"); /* test-only (blas.h) */
+  if (test && *test && strcasecmp(test, b->core)) b->fit = test;
+  const char *from = getenv("ATTNREG_REEXEC");
+  b->reexec = b->coretype && from && !strncmp(from, "from-", 5) && from[5] ? from + 5 : NULL;
+  b->refused = refused[0] ? refused : NULL;
 }
 
 /* Deterministic values in [-1, 1). */
@@ -224,13 +233,20 @@ void ar_blas_print(FILE *f, const char *prefix)
 {
   ar_blas_info b;
   ar_blas_info_get(&b);
-  fprintf(f, "%sblas = OpenBLAS core %s, %d thread%s\n", prefix, b.core, b.threads, b.threads == 1 ? "" : "s");
-  if (b.fit)
+  fprintf(f, "%sblas = OpenBLAS core %s, %d thread%s%s%s%s\n", prefix, b.core, b.threads, b.threads == 1 ? "" : "s",
+          b.reexec ? " (re-executed from " : "", b.reexec ? b.reexec : "", b.reexec ? ")" : "");
+  if (b.reexec)
     fprintf(stderr,
-            "attnreg: warning: OpenBLAS runs its %s kernels (%s%s%s) on a CPU with %s: set OPENBLAS_CORETYPE=%s for "
-            "its %s kernels (attnreg blas --check tests them; scripts/env.sh and slurm/*.sbatch choose them)\n",
+            "attnreg: note: OpenBLAS chose its %s kernels; attnreg re-executed itself with OPENBLAS_CORETYPE=%s (%s "
+            "kernels, CPU %s), which passed the self-check (ATTNREG_NO_REEXEC=1 turns this off)\n",
+            b.reexec, b.core, ar_isa_name(b.core_isa), ar_isa_name(b.cpu_isa));
+  else if (b.fit)
+    fprintf(stderr,
+            "attnreg: warning: OpenBLAS runs its %s kernels (%s%s%s) on a CPU with %s: %s%s%sset OPENBLAS_CORETYPE=%s "
+            "for its %s kernels (attnreg blas --check tests them; scripts/env.sh and slurm/*.sbatch choose them)\n",
             b.core, ar_isa_name(b.core_isa), b.coretype ? ", OPENBLAS_CORETYPE=" : "", b.coretype ? b.coretype : "",
-            ar_isa_name(b.cpu_isa), b.fit, ar_isa_name(b.cpu_isa));
+            ar_isa_name(b.cpu_isa), b.refused ? "not re-executed, as " : "", b.refused ? b.refused : "",
+            b.refused ? "; " : "", b.fit, ar_isa_name(b.cpu_isa));
 }
 
 void ar_blas_json(FILE *f, const char *indent)
@@ -241,7 +257,13 @@ void ar_blas_json(FILE *f, const char *indent)
   ar_json_string(f, b.core);
   fprintf(f, ", \"threads\": %d, \"core_isa\": \"%s\", \"cpu_isa\": \"%s\", \"coretype_env\": ", b.threads,
           ar_isa_name(b.core_isa), ar_isa_name(b.cpu_isa));
-  if (b.coretype) ar_json_string(f, b.coretype);
-  else fputs("null", f);
-  fprintf(f, ", \"fit\": %s%s%s},\n", b.fit ? "\"" : "", b.fit ? b.fit : "null", b.fit ? "\"" : "");
+  char from[64] = "";
+  if (b.reexec) snprintf(from, sizeof from, "from %s", b.reexec);
+  const char *v[] = {b.coretype, b.fit, b.reexec ? from : NULL}, *key[] = {"", ", \"fit\": ", ", \"reexec\": "};
+  for (int i = 0; i < 3; i++) {
+    fputs(key[i], f);
+    if (v[i]) ar_json_string(f, v[i]);
+    else fputs("null", f);
+  }
+  fputs("},\n", f);
 }

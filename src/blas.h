@@ -7,7 +7,11 @@
  * file makes it visible (the core in every configuration header and JSON summary, a warning)
  * and lets the launch scripts choose a fitting core after checking its results
  * (attnreg blas --suggest).  The choice can only be made before the library loads: in the
- * environment of a new process. */
+ * environment of a new process.  Where no script chose, the program re-executes itself with the
+ * fitting core (reexec.h) and says so (a note instead of the warning; "reexec" in the JSON).
+ *
+ * Test-only: ATTNREG_REEXEC_TEST_CORE=<name> makes .fit <name> whenever the running core is
+ * another one, so that the re-exec path can be tested on a CPU whose kernels already fit. */
 #ifndef AR_BLAS_H
 #define AR_BLAS_H
 
@@ -25,10 +29,16 @@ typedef struct {
   const char *coretype; /* OPENBLAS_CORETYPE from the environment, NULL if unset or empty */
   const char *fit;      /* the OPENBLAS_CORETYPE value whose kernels fit the CPU when the running
                            core's are older and the CPU has AVX2 or AVX-512; else NULL */
+  const char *reexec;   /* the core OpenBLAS chose before this process re-executed itself with
+                           OPENBLAS_CORETYPE=fit (ATTNREG_REEXEC=from-<core>), else NULL */
+  const char *refused;  /* why this process did not re-execute itself with fit (its self-check
+                           failed), else NULL */
 } ar_blas_info;
 
 /* Not collective: what this process runs. */
 void ar_blas_info_get(ar_blas_info *b);
+/* Not collective: keep why (copied) as ar_blas_info.refused (reexec.c). */
+void ar_blas_set_refused(const char *why);
 /* Not collective: "SSE", "AVX", "AVX2", "AVX-512" or "unknown". */
 const char *ar_isa_name(ar_isa isa);
 
@@ -43,7 +53,8 @@ int ar_blas_check(double *worst);
 double ar_blas_dgemm_gflops(int n, int reps);
 
 /* Not collective (rank 0 calls them): the configuration line "<prefix>blas = OpenBLAS core X,
- * T thread(s)" on f, and, when info.fit is set, a one-line warning on stderr naming it. */
+ * T thread(s)[ (re-executed from C)]" on f, and on stderr a one-line note when the process
+ * re-executed itself, else a one-line warning when info.fit is set, naming it. */
 void ar_blas_print(FILE *f, const char *prefix);
 /* Not collective: the JSON member  "blas": {...},  (with a trailing comma) at indent. */
 void ar_blas_json(FILE *f, const char *indent);

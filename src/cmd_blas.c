@@ -2,86 +2,15 @@
  * that fits the CPU, and DGEMM rates (blas.h).  Node-local: main() runs it without MPI, so it
  * needs no launcher and can start itself as a child process with another OPENBLAS_CORETYPE --
  * the only way to try another core, as OpenBLAS reads the variable when it loads. */
-#include <errno.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cblas.h>
 
 #include "blas.h"
 #include "cli.h"
 #include "error.h"
-
-extern char **environ;
-
-/* Run this program again as `attnreg ARGS...` with OPENBLAS_CORETYPE=coretype (unset if NULL);
- * its stdout and stderr together go to out (cap bytes, NUL-terminated), its exit status to
- * *status, or 128 + the signal that killed it (a kernel the CPU cannot run dies of SIGILL). */
-static int run_self(const char *coretype, char *const args[], char *out, size_t cap, int *status)
-{
-  size_t n = 0;
-  while (environ[n]) n++;
-  char **env = calloc(n + 2, sizeof(char *)), var[96];
-  AR_CHECK(env, AR_ERR_MEM, "out of memory");
-  size_t k = 0;
-  for (size_t i = 0; i < n; i++)
-    if (strncmp(environ[i], "OPENBLAS_CORETYPE=", 18)) env[k++] = environ[i];
-  if (coretype) snprintf(var, sizeof var, "OPENBLAS_CORETYPE=%s", coretype), env[k++] = var;
-  int fd[2], st = 0;
-  pid_t pid;
-  if (pipe(fd)) {
-    free(env);
-    return AR_ERROR(AR_ERR_INTERNAL, "pipe: %s", strerror(errno));
-  }
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addclose(&fa, fd[0]);
-  posix_spawn_file_actions_adddup2(&fa, fd[1], 1);
-  posix_spawn_file_actions_adddup2(&fa, fd[1], 2);
-  posix_spawn_file_actions_addclose(&fa, fd[1]);
-  int err = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, args, env);
-  posix_spawn_file_actions_destroy(&fa);
-  free(env);
-  close(fd[1]);
-  /* Read to the end (beyond cap, into a scratch buffer): a child blocked on a full pipe would
-   * never exit. */
-  size_t len = 0;
-  ssize_t r;
-  char scratch[512];
-  while ((r = len < cap - 1 ? read(fd[0], out + len, cap - 1 - len) : read(fd[0], scratch, sizeof scratch)) > 0 ||
-         (r < 0 && errno == EINTR))
-    if (r > 0 && len < cap - 1) len += (size_t)r;
-  out[len] = '\0';
-  close(fd[0]);
-  if (err) return AR_ERROR(AR_ERR_INTERNAL, "cannot start /proc/self/exe: %s", strerror(err));
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return AR_OK;
-}
-
-/* The reason a child failed, in one line: its last error message, else its status. */
-static const char *child_reason(int status, char *out)
-{
-  static char why[512];
-  char *e = NULL, *p = out;
-  while ((p = strstr(p, "error: "))) e = p += 7;
-  if (e) {
-    e[strcspn(e, "\n")] = '\0';
-    snprintf(why, sizeof why, "%s", e);
-  } else if (status > 128) {
-    snprintf(why, sizeof why, "killed by signal %d (%s)", status - 128, strsignal(status - 128));
-  } else {
-    snprintf(why, sizeof why, "exit status %d", status);
-  }
-  return why;
-}
+#include "reexec.h"
 
 static void report(void)
 {
@@ -106,19 +35,15 @@ static int suggest(void)
   ar_blas_info b;
   ar_blas_info_get(&b);
   if (!b.fit) return AR_OK;
-  char out[8192];
-  char *args[] = {"attnreg", "blas", "--check", NULL};
-  int st;
-  AR_CALL(run_self(b.fit, args, out, sizeof out, &st));
-  if (st == 0) {
+  if (ar_core_check(b.fit) == AR_OK) {
     printf("%s\n", b.fit);
     fprintf(stderr, "attnreg blas: OpenBLAS chose its %s kernels (%s) on a CPU with %s; suggesting OPENBLAS_CORETYPE=%s, "
                     "which passed the self-check (DGEMM, Cholesky)\n", b.core, ar_isa_name(b.core_isa),
             ar_isa_name(b.cpu_isa), b.fit);
   } else {
-    fprintf(stderr, "attnreg blas: OpenBLAS chose its %s kernels (%s) on a CPU with %s, but OPENBLAS_CORETYPE=%s failed "
-                    "the self-check (%s): keeping %s\n", b.core, ar_isa_name(b.core_isa), ar_isa_name(b.cpu_isa), b.fit,
-            child_reason(st, out), b.core);
+    fprintf(stderr, "attnreg blas: OpenBLAS chose its %s kernels (%s) on a CPU with %s, but %s: keeping %s\n", b.core,
+            ar_isa_name(b.core_isa), ar_isa_name(b.cpu_isa), ar_error_message(), b.core);
+    ar_error_clear();
   }
   return AR_OK;
 }
@@ -143,13 +68,13 @@ static int dgemm_all(int64_t size)
   for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++) {
     if (cand[i].isa > b.cpu_isa) continue;
     int st;
-    AR_CALL(run_self(cand[i].name, args, out, sizeof out, &st));
+    AR_CALL(ar_run_self(cand[i].name, args, out, sizeof out, &st));
     char core[32] = "?";
     double gf = 0;
     const char *line = strstr(out, "dgemm n=");
     if (st != 0 || !line || sscanf(line, "dgemm n=%*d core=%31s threads=%*d gflops=%lf", core, &gf) != 2) {
       printf("dgemm OPENBLAS_CORETYPE=%s: skipped (%s)\n", cand[i].name ? cand[i].name : "(unset)",
-             child_reason(st, out));
+             ar_child_reason(st, out));
       continue;
     }
     int dup = 0;

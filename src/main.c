@@ -1,6 +1,8 @@
 /* attnreg: the command-line program.  Dispatches to a subcommand; every error reaches here
  * as a code: agreed errors are printed once by rank 0 and every rank exits with the code's
- * status; an error only one rank saw is printed with its rank and aborts the job (no hang). */
+ * status; an error only one rank saw is printed with its rank and aborts the job (no hang).
+ * Before MPI_Init each process may re-execute itself once with the OpenBLAS kernels that fit
+ * its CPU (reexec.h; ATTNREG_NO_REEXEC=1 turns it off). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +10,7 @@
 #include "attnreg.h"
 #include "commands.h"
 #include "error.h"
+#include "reexec.h"
 
 static const char *usage =
     "usage: attnreg COMMAND [options]   (run under mpirun/srun for several ranks)\n"
@@ -21,11 +24,16 @@ static const char *usage =
     "\n"
     "attnreg COMMAND --help lists a command's options.  attnreg --version prints the version.\n"
     "Exit status: 0 ok, 2 usage, 3 bad input data, 4 I/O, 5 runtime/MPI/library, 6 numerical\n"
-    "failure, 75 stopped by SIGTERM/SIGUSR1/SIGINT (after writing --checkpoint, if given).";
+    "failure, 75 stopped by SIGTERM/SIGUSR1/SIGINT (after writing --checkpoint, if given).\n"
+    "\n"
+    "Environment: with OPENBLAS_CORETYPE unset, a process whose OpenBLAS kernels are older than its\n"
+    "CPU re-executes itself once with the fitting ones after a self-check (attnreg blas --check);\n"
+    "ATTNREG_NO_REEXEC=1 turns that off.";
 
 int main(int argc, char **argv)
 {
   if (argc > 1 && !strcmp(argv[1], "blas")) return ar_cmd_blas(argc, argv); /* node-local, without MPI */
+  ar_reexec_blas(argv); /* returns only if it does not re-execute */
   if (argc > 1 && !strcmp(argv[1], "solve")) ar_cmd_solve_signals();
   MPI_Init(&argc, &argv);
   MPI_Comm comm = MPI_COMM_WORLD;

@@ -1,16 +1,18 @@
-"""attnreg blas and the OpenBLAS core shown by solve/eval/plan, and scripts/env.sh's choice of
-OPENBLAS_CORETYPE.  Oracles independent of attnreg: the CPU's flags from /proc/cpuinfo and the core
-OpenBLAS itself reports (openblas_get_corename through ctypes)."""
+"""attnreg blas and the OpenBLAS core shown by solve/eval/plan, scripts/env.sh's choice of
+OPENBLAS_CORETYPE, and the re-execution with the fitting core (src/reexec.h).  Oracles independent
+of attnreg: the CPU's flags from /proc/cpuinfo, the core OpenBLAS itself reports
+(openblas_get_corename through ctypes) and the environment of the rank processes (/proc)."""
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from arutil import ATTNREG, ENV, run, summary  # noqa: E402
+from arutil import ATTNREG, ENV, rank_pids, run, summary  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="attnreg-blas-")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +56,16 @@ def errors(p):
 
 
 LEVEL = cpu_level()
+
+
+def default_is_older():
+    """OpenBLAS's own core has older kernels than the CPU's AVX2 or AVX-512: attnreg re-executes."""
+    return CORE_LEVEL.get(openblas_default_core().lower(), 9) < LEVEL and LEVEL >= 3
+
+
+def expected_core():
+    """The core an MPI command runs with OPENBLAS_CORETYPE unset: the fitting one after a re-exec."""
+    return FIT[LEVEL] if default_is_older() else openblas_default_core()
 
 
 class SelfCheck(unittest.TestCase):
@@ -157,7 +169,7 @@ class ShownByTheCommands(unittest.TestCase):
         out = os.path.join(TMP, "eval")
         p = run(1, "eval", "--data", self.data, "--x", self.data + "/X0.npy", "--y", self.data + "/Y_true.npy",
                 "--out", out)
-        core = openblas_default_core() if not os.environ.get("OPENBLAS_CORETYPE") else None
+        core = expected_core() if not os.environ.get("OPENBLAS_CORETYPE") else None
         with open(out + "/eval.json") as f:
             e = json.load(f)
         self.assertEqual(e["blas"]["threads"], 1)
@@ -166,6 +178,116 @@ class ShownByTheCommands(unittest.TestCase):
         self.assertIn("attnreg eval: blas = OpenBLAS core %s, 1 thread" % e["blas"]["core"], p.stdout)
         p = run(1, "plan", "--n", 1000, "--d", 8, "--ranks", 2)
         self.assertRegex(p.stdout, r"this process: blas = OpenBLAS core \w+, 1 thread")
+
+
+def bare_env(**extra):
+    """ENV without OPENBLAS_CORETYPE and the re-exec variables (a launch no script prepared), plus extra."""
+    drop = ("OPENBLAS_CORETYPE", "ATTNREG_FAULT", "ATTNREG_REEXEC", "ATTNREG_NO_REEXEC", "ATTNREG_REEXEC_TEST_CORE")
+    env = {k: v for k, v in ENV.items() if k not in drop}
+    env.update(extra)
+    return env
+
+
+class ReExec(unittest.TestCase):
+    """MPI commands re-execute themselves with the fitting core when OPENBLAS_CORETYPE is unset.
+    The test hook ATTNREG_REEXEC_TEST_CORE forces the decision on a CPU whose core already fits: the
+    target is a core this CPU runs that OpenBLAS does not choose by itself, so the core the
+    command reports (OpenBLAS's own openblas_get_corename) is the target only if it re-executed."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.data = os.path.join(TMP, "rx-data")
+        run(1, "generate", "--n", 48, "--d", 3, "--seed", 5, "--out", cls.data, "--quiet")
+        cls.default = openblas_default_core()
+        need = {"Haswell": 3, "Sandybridge": 2, "Prescott": 1}
+        cls.target = next(c for c, lv in need.items() if lv <= LEVEL and c.lower() != cls.default.lower())
+        cls.n = 0
+
+    def eval(self, ranks=0, **env):
+        """attnreg eval (ranks 0: a singleton, without mpirun); (process, its eval.json's blas object)."""
+        ReExec.n += 1
+        out = os.path.join(TMP, "rx-eval-%d" % ReExec.n)
+        launch = ["mpirun", "--oversubscribe", "-n", str(ranks)] if ranks else []
+        cmd = launch + [ATTNREG, "eval", "--data", self.data, "--x", self.data + "/X0.npy", "--y",
+                        self.data + "/Y_true.npy", "--out", out]
+        p = subprocess.run(cmd, env=bare_env(**env), capture_output=True, text=True, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        with open(out + "/eval.json") as f:
+            return p, json.load(f)["blas"]
+
+    def lines(self, p, kind):
+        return [line for line in p.stderr.splitlines() if line.startswith("attnreg: %s:" % kind)]
+
+    def assert_reexecuted(self, p, b):
+        self.assertEqual((b["core"], b["coretype_env"], b["reexec"]), (self.target, self.target, "from " + self.default))
+        self.assertIn("blas = OpenBLAS core %s, 1 thread (re-executed from %s)\n" % (self.target, self.default), p.stdout)
+        self.assertEqual(len(self.lines(p, "note")), 1, p.stderr)  # rank 0 only
+        self.assertEqual(self.lines(p, "warning"), [], p.stderr)
+
+    def assert_kept(self, p, b, fit, warning):
+        self.assertEqual((b["core"], b["coretype_env"], b["reexec"], b["fit"]), (self.default, None, None, fit))
+        self.assertNotIn("re-executed from", p.stdout)
+        self.assertEqual(self.lines(p, "note"), [], p.stderr)
+        w = self.lines(p, "warning")
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn(warning, w[0])
+
+    def test_forced_singleton(self):
+        self.assert_reexecuted(*self.eval(ATTNREG_REEXEC_TEST_CORE=self.target))
+
+    def test_forced_under_mpirun(self):
+        self.assert_reexecuted(*self.eval(2, ATTNREG_REEXEC_TEST_CORE=self.target))
+
+    def test_every_rank_reexecutes(self):
+        """The rank processes' own environment (/proc/PID/environ is the one execv passed), read
+        while a 2-rank solve runs; then each rank gets SIGTERM."""
+        cmd = ["mpirun", "--oversubscribe", "-n", "2", ATTNREG, "solve", "--data", self.data, "--x0",
+               self.data + "/X0.npy", "--gttol", "0", "--steptol", "0", "--max-iter", "100000",
+               "--out", os.path.join(TMP, "rx-solve")]
+        p = subprocess.Popen(cmd, env=bare_env(ATTNREG_REEXEC_TEST_CORE=self.target), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        seen = []
+        for line in p.stdout:
+            parts = line.split()
+            if parts and parts[0].isdigit() and int(parts[0]) >= 1:
+                for pid in rank_pids(p.pid):
+                    with open("/proc/%d/environ" % pid, "rb") as f:
+                        env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+                    seen.append((env.get(b"OPENBLAS_CORETYPE"), env.get(b"ATTNREG_REEXEC")))
+                    os.kill(pid, signal.SIGTERM)
+                break
+        p.communicate(timeout=600)
+        want = (self.target.encode(), b"from-" + self.default.encode())
+        self.assertEqual(seen, [want, want])
+
+    def test_not_when_turned_off(self):
+        p, b = self.eval(ATTNREG_REEXEC_TEST_CORE=self.target, ATTNREG_NO_REEXEC="1")
+        self.assert_kept(p, b, self.target, "set OPENBLAS_CORETYPE=%s" % self.target)
+
+    def test_not_again_when_the_marker_is_set(self):
+        p, b = self.eval(ATTNREG_REEXEC_TEST_CORE=self.target, ATTNREG_REEXEC="from-Elsewhere")
+        self.assert_kept(p, b, self.target, "set OPENBLAS_CORETYPE=%s" % self.target)
+
+    def test_not_when_openblas_coretype_is_set(self):
+        p, b = self.eval(ATTNREG_REEXEC_TEST_CORE=self.target, OPENBLAS_CORETYPE=self.default)
+        self.assertEqual((b["core"], b["coretype_env"], b["reexec"]), (self.default, self.default, None))
+
+    def test_failed_check_keeps_the_core_and_warns(self):
+        t = self.target
+        wrong = "OPENBLAS_CORETYPE=%s failed the self-check (BLAS self-check failed on OpenBLAS core %s" % (t, t)
+        for env, why in (({"ATTNREG_REEXEC_TEST_CORE": "NoSuchCore"},  # (its fallback core may die of SIGILL)
+                          "OPENBLAS_CORETYPE=NoSuchCore failed the self-check ("),
+                         ({"ATTNREG_REEXEC_TEST_CORE": t, "ATTNREG_FAULT": "blas-check:1"}, wrong)):
+            with self.subTest(env=env):
+                p, b = self.eval(**env)
+                self.assert_kept(p, b, env["ATTNREG_REEXEC_TEST_CORE"], "not re-executed, as " + why)
+
+    def test_unforced(self):
+        """Without the hook: a re-exec exactly when OpenBLAS's own core is older than the CPU."""
+        p, b = self.eval()
+        self.assertEqual(b["core"], expected_core())
+        self.assertEqual(b["reexec"], "from " + openblas_default_core() if default_is_older() else None)
+        self.assertEqual(self.lines(p, "warning"), [], p.stderr)
 
 
 class EnvSh(unittest.TestCase):

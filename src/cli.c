@@ -73,8 +73,30 @@ int ar_cli_load_problem(MPI_Comm comm, const ar_common_cfg *c, ar_problem *prob)
   return err;
 }
 
-int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_rank_gb, int hessian, int *ls)
+/* Why --linear-solver auto chose ls: memory per rank and flops an iteration of both steps. */
+static void auto_reason(const ar_common_cfg *c, int64_t n, int d, int m, int size, int hk, double budget,
+                        const ar_mask *mask, int ls, char *why, size_t cap)
 {
+  ar_plan pd, pc;
+  if (ar_plan_compute(n, d, m, size, c->grid[0], c->grid[1], c->nb, c->eval.tile, c->eval.chunk, c->eval.tile_mem_mb,
+                      hk, AR_LINSOLVE_CHOLESKY, mask, &pd) ||
+      ar_plan_compute(n, d, m, size, c->grid[0], c->grid[1], c->nb, c->eval.tile, c->eval.chunk, c->eval.tile_mem_mb,
+                      hk, AR_LINSOLVE_CG, mask, &pc)) {
+    ar_error_clear();
+    return;
+  }
+  const int dense_fits = budget <= 0 || pd.mem_total <= budget;
+  snprintf(why, cap, "auto chose %s: the dense step needs %.0f MB per rank (%s the budget of %.0f MB) and %.3g "
+         "GFLOP an iteration for its Hessian and Cholesky; the matrix-free step %.0f MB and %.3g GFLOP (%.0f "
+         "Hessian-vector products assumed)",
+         ar_linear_solver_name(ls), pd.mem_total / 1048576, dense_fits ? "within" : "over", budget / 1048576,
+         (pd.flops_hessian + pd.flops_cholesky) * 1e-9, pc.mem_total / 1048576, pc.flops_hessian * 1e-9, pc.cg_iters);
+}
+
+int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_rank_gb, int hessian, int *ls,
+                        char *why, size_t cap)
+{
+  if (why && cap) why[0] = 0;
   ar_data_paths ps;
   ar_npy_header ha, hb;
   AR_CALL(data_paths(comm, c, &ps));
@@ -92,9 +114,11 @@ int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_ra
   int err = ar_cli_memory_budget(comm, mem_per_rank_gb, &budget, source, sizeof source);
   /* the exact Hessian's footprint (auto and Gauss-Newton may need it too) */
   const int hk = hessian == AR_HESS_GAUSS_NEWTON ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT;
-  if (!err && *ls == AR_LINSOLVE_AUTO)
+  if (!err && *ls == AR_LINSOLVE_AUTO) {
     *ls = ar_plan_linear_solver(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
                                 c->eval.chunk, c->eval.tile_mem_mb, hk, budget, &mask);
+    if (why) auto_reason(c, ha.rows, (int)ha.cols, (int)hb.cols, size, hk, budget, &mask, *ls, why, cap);
+  }
   if (!err)
     err = ar_plan_compute(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
                           c->eval.chunk, c->eval.tile_mem_mb, hk, *ls, &mask, &p);

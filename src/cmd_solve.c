@@ -128,6 +128,7 @@ static int run(solve_job *j, ar_solve_result *r)
            (long long)j->n, j->d, j->m, j->D, size, pr, pc, (long long)ar_eval_tile(j->ev));
     ar_options_print_config(stdout, "  ", j->opts, j->nopts);
     ar_blas_print(stdout, "  ");
+    if (j->ls_reason[0]) printf("  linear solver: %s\n", j->ls_reason);
     if (s->restart) printf("restarting from %s at iteration %d\n", s->restart, j->restart.st.iter);
   }
   if (rank == 0 && !s->c.quiet) g_progress = ar_progress_create(stderr, 10.0, 5.0);

@@ -23,6 +23,7 @@ typedef struct {
   MPI_Comm world;            /* every rank: output directory, checkpoints, reports */
   MPI_Comm comm;             /* the ranks that solve together (a multi-start group, or world) */
   ar_solver_options so;      /* the solver's options, resolved once: linear_solver is never AUTO */
+  char ls_reason[400];       /* why --linear-solver auto chose it (empty: not auto) */
   ar_problem prob;           /* the problem solved: the whitened one when whitened */
   ar_whitening white;        /* NULL: not whitened */
   ar_grid grid;

@@ -64,6 +64,22 @@ class MatrixFree(unittest.TestCase):
                 self.assertLessEqual(np.abs(X - X0).max(), 1e-8 * max(1, np.abs(X0).max()))
                 self.assertLessEqual(np.abs(Y - Y0).max(), 1e-8 * max(1, np.abs(Y0).max()))
 
+    def test_auto_says_why(self):
+        """--linear-solver auto states its choice and its reason in the header: here the dense step
+        fits; under a budget it does not fit, the matrix-free step runs and the header says so."""
+        data = planted("why", n=512, d=24, m=4, seed=6)
+        for extra, ls, fits in (([], "cholesky", "within"), (["--mem-per-rank", "0.025"], "cg", "over")):
+            out = os.path.join(TMP, "why-" + ls)
+            p = run(2, "solve", "--data", data, "--x0", data + "/X0.npy", "--max-iter", 1, "--out", out, *extra)
+            line = [l for l in p.stdout.splitlines() if l.startswith("  linear solver: auto chose")]
+            self.assertEqual(len(line), 1, p.stdout[:2000])
+            self.assertIn("auto chose %s: the dense step needs" % ls, line[0])
+            self.assertIn(fits + " the budget", line[0])
+            self.assertEqual(summary(out + "/summary.json")["linear_solver"], ls)
+        p = run(2, "solve", "--data", self.data, "--x0", self.data + "/X0.npy", "--max-iter", 1, "--linear-solver", "cg",
+                "--out", os.path.join(TMP, "why-given"))
+        self.assertNotIn("auto chose", p.stdout)
+
     def test_rank_count_invariance(self):
         ref = None
         for np_ in (1, 2, 3):

@@ -23,7 +23,8 @@
  * Gauss-Newton drops T_j and t1, and so the R22 columns.  When the whole key set is one chunk
  * (one rank, n <= chunk) both passes are fused per tile and F is used as it is, with no
  * recomputation: then the tables are built once and kept.  The parts are reduced and
- * expanded in hessian.c. */
+ * expanded in hessian.c.  The walk over blocks, chunks, tiles and mask boxes is trip.c's; the
+ * work arrays are listed in eval_work.h; the least-squares Y is lsq_y.c's. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -268,22 +269,22 @@ typedef struct {
 
 static void fwd_chunk(ar_trip *t, const double *kv, int64_t cr)
 {
-  fwd_trip *f = (fwd_trip *)t;
-  f->T = fwd_operand(t->ev, kv, cr, f->lda, &f->ldt);
+  fwd_trip *ft = (fwd_trip *)t;
+  ft->T = fwd_operand(t->ev, kv, cr, ft->lda, &ft->ldt);
 }
 
 static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
-  fwd_trip *f = (fwd_trip *)t;
+  fwd_trip *ft = (fwd_trip *)t;
   ar_eval ev = t->ev;
-  const int lda = f->lda;
+  const int lda = ft->lda;
   ar_trip_logits(ev, j0, r, kv, cr, 0, t->flops);
   ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
   ev->exps += (double)r * (double)cr;
   for (int64_t j = 0; j < r; j++)
     if (ev->rescale[j] != 1.0)
       for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
-  ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, f->T + k0 * f->ldt, f->ldt, 1.0,
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, ft->T + k0 * ft->ldt, ft->ldt, 1.0,
           ev->fwd + j0 * lda, lda, t->flops);
 }
 
@@ -292,8 +293,8 @@ static int forward_trip(ar_eval ev, int lda, double *flops)
   ar_problem p = ev->p;
   for (int64_t j = 0; j < p->nloc; j++) ev->rmax[j] = -INFINITY, ev->rsum[j] = 0;
   memset(ev->fwd, 0, sizeof(double) * p->nloc * lda);
-  fwd_trip f = {{ev, flops, fwd_chunk, fwd_tile}, lda, 0, NULL};
-  AR_CALL(ar_trip_run(&f.t));
+  fwd_trip ft = {{ev, flops, fwd_chunk, fwd_tile}, lda, 0, NULL};
+  AR_CALL(ar_trip_run(&ft.t));
   for (int64_t j = 0; j < p->nloc; j++) {
     const double s = 1.0 / ev->rsum[j];
     for (int k = 0; k < lda; k++) ev->fwd[j * lda + k] *= s;
@@ -311,25 +312,25 @@ typedef struct {
 
 static void bwd_chunk(ar_trip *t, const double *kv, int64_t cr)
 {
-  bwd_trip *b = (bwd_trip *)t;
+  bwd_trip *bt = (bwd_trip *)t;
   ar_eval ev = t->ev;
   const int d = ev->p->d, m = ev->p->m, w = ev->width;
-  b->T = bwd_operand(ev, kv, cr, b->ldb, &b->ldt);
-  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, b->Y, m, 0.0, ev->vals, m, t->flops);
+  bt->T = bwd_operand(ev, kv, cr, bt->ldb, &bt->ldt);
+  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, bt->Y, m, 0.0, ev->vals, m, t->flops);
 }
 
 static void bwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
-  bwd_trip *b = (bwd_trip *)t;
+  bwd_trip *bt = (bwd_trip *)t;
   ar_trip_logits(t->ev, j0, r, kv, cr, 1, t->flops);
-  backward_tile(t->ev, j0, r, t->ev->vals + k0 * t->ev->p->m, cr, b->T + k0 * b->ldt, b->ldt, b->ldb, 1.0, t->flops);
+  backward_tile(t->ev, j0, r, t->ev->vals + k0 * t->ev->p->m, cr, bt->T + k0 * bt->ldt, bt->ldt, bt->ldb, 1.0, t->flops);
 }
 
 static int backward_trip(ar_eval ev, const double *Y, int ldb, double *flops)
 {
   memset(ev->bwd, 0, sizeof(double) * ev->p->nloc * ldb);
-  bwd_trip b = {{ev, flops, bwd_chunk, bwd_tile}, Y, NULL, ldb, 0};
-  return ar_trip_run(&b.t);
+  bwd_trip bt = {{ev, flops, bwd_chunk, bwd_tile}, Y, NULL, ldb, 0};
+  return ar_trip_run(&bt.t);
 }
 
 /* Hessian parts of rows [j0, j0 + r) (fwd, bwd, C, fu, alpha already there). */

@@ -132,23 +132,23 @@ typedef struct {
 
 static void b_chunk(ar_trip *t, const double *kv, int64_t cr)
 {
-  b_trip *b = (b_trip *)t;
+  b_trip *bt = (b_trip *)t;
   ar_eval ev = t->ev;
   const int d = ev->p->d, m = ev->p->m, w = ev->width, a3 = w == d ? 0 : d;
-  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, b->Y, m, 0.0, ev->vals, m, t->flops);
-  if (b->exact) ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, b->dY, m, 0.0, ev->hv->vdot, m, t->flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, bt->Y, m, 0.0, ev->vals, m, t->flops);
+  if (bt->exact) ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, bt->dY, m, 0.0, ev->hv->vdot, m, t->flops);
 }
 
 static void b_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
-  b_trip *b = (b_trip *)t;
+  b_trip *bt = (b_trip *)t;
   ar_eval ev = t->ev;
   struct ar_hessvec_s *h = ev->hv;
   const int d = ev->p->d, m = ev->p->m;
   const double *vals = ev->vals + k0 * m, *vdot = h->vdot + k0 * m;
   const double *C = ev->resid + j0 * m, *dC = h->cdot + j0 * m;
   double *U = ev->cvt, *G = h->sdot;
-  if (b->exact) {
+  if (bt->exact) {
     tile_f_ds(ev, j0, r, kv, cr, t->flops);
     ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, vals, m, 0.0, U, cr, t->flops);
     for (int64_t j = 0; j < r; j++) { /* G = dF o (U - fu) */
@@ -181,8 +181,8 @@ static void b_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *
 static int trip_b(ar_eval ev, const double *Y, const double *dY, int exact, double *flops)
 {
   memset(ev->hv->wdot, 0, sizeof(double) * ev->p->nloc * ev->p->d);
-  b_trip b = {{ev, flops, b_chunk, b_tile}, Y, dY, exact};
-  return ar_trip_run(&b.t);
+  b_trip bt = {{ev, flops, b_chunk, b_tile}, Y, dY, exact};
+  return ar_trip_run(&bt.t);
 }
 
 int ar_eval_hessvec(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, const double *v, double *hv,

@@ -323,7 +323,8 @@ static void bwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double
 {
   bwd_trip *bt = (bwd_trip *)t;
   ar_trip_logits(t->ev, j0, r, kv, cr, 1, t->flops);
-  backward_tile(t->ev, j0, r, t->ev->vals + k0 * t->ev->p->m, cr, bt->T + k0 * bt->ldt, bt->ldt, bt->ldb, 1.0, t->flops);
+  backward_tile(t->ev, j0, r, t->ev->vals + k0 * t->ev->p->m, cr, bt->T + k0 * bt->ldt, bt->ldt, bt->ldb, 1.0,
+                t->flops);
 }
 
 static int backward_trip(ar_eval ev, const double *Y, int ldb, double *flops)

@@ -136,7 +136,8 @@ static void b_chunk(ar_trip *t, const double *kv, int64_t cr)
   ar_eval ev = t->ev;
   const int d = ev->p->d, m = ev->p->m, w = ev->width, a3 = w == d ? 0 : d;
   ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, bt->Y, m, 0.0, ev->vals, m, t->flops);
-  if (bt->exact) ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, bt->dY, m, 0.0, ev->hv->vdot, m, t->flops);
+  if (bt->exact)
+    ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, bt->dY, m, 0.0, ev->hv->vdot, m, t->flops);
 }
 
 static void b_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)

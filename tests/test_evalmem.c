@@ -50,7 +50,8 @@ static void run_case(const tcase *tc, int rank, int size)
     int64_t j = 0;
     for (int i = 0; i < nr; i++)
       for (int64_t g = rg[2 * i]; g < rg[2 * i + 1]; g++, j++)
-        for (int q = 0; q < cols[k]; q++) a[k][j * cols[k] + q] = 0.3 * ar_normal(7, (uint64_t)k, (uint64_t)(g * cols[k] + q));
+        for (int q = 0; q < cols[k]; q++)
+          a[k][j * cols[k] + q] = 0.3 * ar_normal(7, (uint64_t)k, (uint64_t)(g * cols[k] + q));
   }
   free(rg);
   ar_problem prob;
@@ -76,13 +77,15 @@ static void run_case(const tcase *tc, int rank, int size)
   ar_work_model(&z, AR_WORK_EVAL_CG, model_cg);
   const double ring =
       prob->ring_size > 1 ? 2 * ar_work_placed(8.0 * (double)ar_ring_max_rows(ev->ring) * ev->width) : 0;
-  TU_CHECK(made == bucket_sum(model) + ring, "%s, rank %d: ar_eval_create allocated %.0f bytes, the list %.0f + ring %.0f",
-           what, rank, made, bucket_sum(model), ring);
+  TU_CHECK(made == bucket_sum(model) + ring,
+           "%s, rank %d: ar_eval_create allocated %.0f bytes, the list %.0f + ring %.0f", what, rank, made,
+           bucket_sum(model), ring);
 
   /* the first product allocates the products' arrays, the second nothing (small cases: the
    * products cost n^2) */
   const int D = d * d + d * m;
-  double *X = malloc(sizeof(double) * D), *v = malloc(sizeof(double) * D), *hv = malloc(sizeof(double) * D), fl = 0;
+  double *X = malloc(sizeof(double) * D), *v = malloc(sizeof(double) * D), *hv = malloc(sizeof(double) * D);
+  double fl = 0;
   for (int i = 0; i < D; i++) X[i] = 0.2 * ar_normal(11, 0, (uint64_t)i), v[i] = ar_normal(11, 1, (uint64_t)i);
   const double live1 = ar_work_live_bytes();
   const int products = n <= 1000;
@@ -91,8 +94,9 @@ static void run_case(const tcase *tc, int rank, int size)
     TU_OK(ar_eval_hessvec(ev, X, X + d * d, AR_HESS_GAUSS_NEWTON, v, hv, &fl));
   }
   const double made_hv = ar_work_live_bytes() - live1;
-  TU_CHECK(made_hv == (products ? bucket_sum(model_hv) : 0), "%s, rank %d: the products allocated %.0f bytes, their list %.0f", what,
-           rank, made_hv, bucket_sum(model_hv));
+  TU_CHECK(made_hv == (products ? bucket_sum(model_hv) : 0),
+           "%s, rank %d: the products allocated %.0f bytes, their list %.0f", what, rank, made_hv,
+           bucket_sum(model_hv));
   ar_eval_destroy(&ev);
   TU_CHECK(ar_work_live_bytes() == live0, "%s, rank %d: %.0f bytes not freed by ar_eval_destroy", what, rank,
            ar_work_live_bytes() - live0);

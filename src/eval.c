@@ -23,18 +23,18 @@
  * Gauss-Newton drops T_j and t1, and so the R22 columns.  When the whole key set is one chunk
  * (one rank, n <= chunk) both passes are fused per tile and F is used as it is, with no
  * recomputation: then the tables are built once and kept.  The parts are reduced and
- * expanded in hessian.c. */
+ * expanded in hessian.c.  The walk over blocks, chunks, tiles and mask boxes is trip.c's; the
+ * work arrays are listed in eval_work.h; the least-squares Y is lsq_y.c's. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
-#include "lapack.h"
 #include "memory.h"
-#include "eval_impl.h"
 #include "softmax.h"
 #include "timing.h"
+#include "trip.h"
 
 void ar_eval_options_default(ar_eval_options *o)
 {
@@ -54,159 +54,19 @@ int ar_eval_options_check(const ar_eval_options *o)
   return AR_OK;
 }
 
-/* A box: rows [j0, j0 + r) against block keys [k0, k0 + kr); partial: some entries masked. */
-struct ar_box_s {
-  int64_t j0, r, k0, kr;
-  int partial;
-};
-
 static int eval_alloc(ar_eval ev)
 {
   ar_problem p = ev->p;
-  const int64_t nl = p->nloc, t = ev->tile, c = ev->chunk;
-  const int d = p->d, m = p->m, np = ev->npair, w = ev->width;
+  const ar_work_sizes z = {p->nloc, ev->tile, ev->chunk, p->d, p->m, ev->width, p->masked};
+  AR_WORK_LOCALS(z);
   int err = AR_OK;
-#define WORK(ptr, cnt)                                                                                     \
-  if (!err && !((ptr) = ar_work_alloc(sizeof(double) * (size_t)((cnt) > 0 ? (cnt) : 1))))                \
-    err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (use more ranks or a smaller --tile-mem)", #ptr, \
-                   8.0 * (double)(cnt) / 1048576.0)
-  if (w == 2 * d) WORK(ev->kv_own, nl * w);
-  WORK(ev->a1x, nl * d);
-  WORK(ev->fwd, nl * ev->ld_fwd);
-  WORK(ev->bwd, nl * ev->ld_bwd);
-  WORK(ev->rmax, nl);
-  WORK(ev->rsum, nl);
-  WORK(ev->lse, nl);
-  WORK(ev->resid, nl * m);
-  WORK(ev->fu, nl);
-  WORK(ev->tab_fwd, c * ev->ld_fwd);
-  WORK(ev->tab_bwd, c * ev->ld_bwd);
-  WORK(ev->vals, c * m);
-  WORK(ev->scores, t * c);
-  WORK(ev->cvt, t * c);
-  WORK(ev->rescale, t);
-  WORK(ev->E, t * d * d);
-  WORK(ev->M, t * d * m);
-  WORK(ev->MMt, d * d);
-  WORK(ev->alpha, t * d);
-  WORK(ev->Npair, t * np);
-  WORK(ev->Kpair, t * np);
-  WORK(ev->a1c, t * d * m);
-  WORK(ev->a1p, t * d * d);
-  WORK(ev->parts.hpair, (int64_t)np * np);
-  WORK(ev->parts.t1, (int64_t)d * m * d * d);
-  WORK(ev->parts.t2, (int64_t)d * d * d * m);
-  WORK(ev->parts.ptp, d * d);
-  WORK(ev->sums, 1 + 2 * d * d + d * m);
-  WORK(ev->at, d * d + d * m);
-#undef WORK
-  if (!err && p->masked) {
-    ev->blk_lo = ar_work_alloc(sizeof(int64_t) * (size_t)(nl > 0 ? nl : 1));
-    ev->blk_hi = ar_work_alloc(sizeof(int64_t) * (size_t)(nl > 0 ? nl : 1));
-    ev->boxes = ar_work_alloc(sizeof(struct ar_box_s) * (size_t)t);
-    if (!ev->blk_lo || !ev->blk_hi || !ev->boxes) err = AR_ERROR(AR_ERR_MEM, "out of memory (mask bounds)");
-  }
-  return err;
-}
-
-/* ---- the mask (docs/math.md §8, docs/layout.md §6) */
-
-/* Rows of a block (sorted ranges of global rows) below global row x. */
-static int64_t rows_below(const int64_t *rg, int nr, int64_t x)
-{
-  int64_t c = 0;
-  for (int i = 0; i < nr && x > rg[2 * i]; i++) c += (x < rg[2 * i + 1] ? x : rg[2 * i + 1]) - rg[2 * i];
-  return c;
-}
-
-/* The keys each local row may see in the block of ring member `owner`, block-local. */
-static void block_bounds(ar_eval ev, int owner)
-{
-  ar_problem p = ev->p;
-  const int64_t *rg;
-  const int nr = ar_problem_rank_ranges(p, p->layout.group_first[p->layout.group[p->rank]] + owner, &rg);
-  for (int64_t j = 0; j < p->nloc; j++)
-    ev->blk_lo[j] = rows_below(rg, nr, p->key_lo[j]), ev->blk_hi[j] = rows_below(rg, nr, p->key_hi[j]);
-}
-
-/* The boxes of tile rows [j0, j0 + r) against block keys [c0, c1): the rows whose keys meet
- * the chunk, in runs that are cut where a row's keys do not overlap the box's (the next
- * sequence), where a box would hold more than twice as many entries as unmasked ones
- * (FlashAttention's diagonal tiles are at that ratio), or at a row that sees nothing here.
- * Returns how many (at most r). */
-static int tile_boxes(ar_eval ev, int64_t j0, int64_t r, int64_t c0, int64_t c1, struct ar_box_s *bx)
-{
-  int nb = 0;
-  int64_t j = j0;
-  const int64_t end = j0 + r;
-  while (j < end) {
-    int64_t lo = ev->blk_lo[j] > c0 ? ev->blk_lo[j] : c0, hi = ev->blk_hi[j] < c1 ? ev->blk_hi[j] : c1;
-    if (lo >= hi) {
-      j++;
-      continue;
-    }
-    int64_t a = j++, bl = lo, bh = hi;
-    double un = (double)(hi - lo);
-    int partial = 0;
-    while (j < end) {
-      const int64_t l2 = ev->blk_lo[j] > c0 ? ev->blk_lo[j] : c0, h2 = ev->blk_hi[j] < c1 ? ev->blk_hi[j] : c1;
-      if (l2 >= h2) break;
-      const int64_t nl = l2 < bl ? l2 : bl, nh = h2 > bh ? h2 : bh, rows = j - a + 1;
-      if (l2 >= bh || (rows > 8 && (double)rows * (double)(nh - nl) > 2 * (un + (double)(h2 - l2)))) break;
-      partial |= nl != bl || nh != bh || l2 != nl || h2 != nh;
-      bl = nl, bh = nh, un += (double)(h2 - l2), j++;
-    }
-    bx[nb++] = (struct ar_box_s){a, j - a, bl, bh - bl, partial};
-  }
-  return nb;
-}
-
-/* Collective: what a trip computes, from the mask alone (no data): boxes, their area, the
- * unmasked pairs, and how evenly the ring's members share each step. */
-static int dry_run(ar_eval ev)
-{
-  ar_problem p = ev->p;
-  ar_eval_work *w = &ev->work;
-  const int G = p->ring_size;
-  double *step = calloc((size_t)G * 2 + 2, sizeof(double));
-  int err = step ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory");
-  ar_layout_info li;
-  ar_problem_layout_info(p, &li);
-  w->pairs = p->pairs, w->pairs_total = li.pairs;
-  ev->units_trip = 0;
-  const int64_t *brows = p->layout.rows + p->layout.group_first[p->layout.group[p->rank]];
-  for (int s = 0; s < G && !err; s++) {
-    const int owner = (p->ring_rank - s + G) % G; /* the block in hand at step s */
-    if (!p->masked) {
-      const double tiles = ceil((double)p->nloc / ev->tile), chunks = ceil((double)brows[owner] / ev->chunk);
-      step[s] = (double)p->nloc * brows[owner];
-      w->boxes += tiles * chunks, ev->units_trip += tiles * chunks;
-      continue;
-    }
-    block_bounds(ev, owner);
-    for (int64_t c0 = 0; c0 < brows[owner]; c0 += ev->chunk) {
-      const int64_t c1 = c0 + ev->chunk < brows[owner] ? c0 + ev->chunk : brows[owner];
-      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-        const int nb = tile_boxes(ev, j0, p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile, c0, c1, ev->boxes);
-        for (int b = 0; b < nb; b++) step[s] += (double)ev->boxes[b].r * ev->boxes[b].kr;
-        w->boxes += nb, ev->units_trip += nb > 0;
-      }
-    }
-  }
-  for (int s = 0; s < G; s++) w->area += step[s];
-  if (!err) { /* over the ring's steps: the largest and the summed area of each */
-    memcpy(step + G, step, sizeof(double) * G);
-    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, step, G, MPI_DOUBLE, MPI_MAX, p->ring));
-    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, step + G, G, MPI_DOUBLE, MPI_SUM, p->ring));
-    double smax = 0, savg = 0;
-    for (int s = 0; s < G; s++) smax += step[s], savg += step[G + s] / G;
-    w->step_efficiency = smax > 0 ? savg / smax : 1;
-    double a[2] = {w->area, w->area};
-    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, a, 1, MPI_DOUBLE, MPI_MAX, p->comm));
-    AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, a + 1, 1, MPI_DOUBLE, MPI_SUM, p->comm));
-    w->area_max = a[0], w->area_avg = a[1] / p->size;
-  }
-  free(step);
+#define ALLOC(owner, type, name, bucket, when, count, cg)                                                          \
+  if (!err && (when) &&                                                                                           \
+      !(AR_WORK_AT_##owner(ev, name) = ar_work_alloc(sizeof(type) * (size_t)((count) > 0 ? (count) : 1))))       \
+    err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB (use more ranks or a smaller --tile-mem)",         \
+                   #name, (double)sizeof(type) * (double)(count) / 1048576.0);
+  AR_EVAL_WORK(ALLOC)
+#undef ALLOC
   return err;
 }
 
@@ -241,7 +101,7 @@ int ar_eval_create(ar_problem p, const ar_eval_options *opt, ar_eval *out)
     err = ar_ring_create(p->ring, p->layout.rows + p->layout.group_first[p->layout.group[p->rank]], ev->width,
                          &ev->ring);
   if (!err) err = ar_error_agree(p->comm, eval_alloc(ev));
-  if (!err) err = dry_run(ev);
+  if (!err) err = ar_trip_dry_run(ev);
   if (!err && ev->kv_own) {
     const int d = p->d;
     for (int64_t j = 0; j < p->nloc; j++)
@@ -257,14 +117,11 @@ void ar_eval_destroy(ar_eval *pev)
 {
   ar_eval ev = *pev;
   if (!ev) return;
-  double *work[] = {ev->kv_own, ev->a1x, ev->fwd, ev->bwd, ev->rmax, ev->rsum, ev->lse, ev->resid, ev->fu,
-                    ev->tab_fwd, ev->tab_bwd, ev->vals, ev->scores, ev->cvt, ev->rescale, ev->E, ev->M, ev->MMt,
-                    ev->alpha, ev->Npair, ev->Kpair, ev->a1c, ev->a1p, ev->parts.hpair, ev->parts.t1,
-                    ev->parts.t2, ev->parts.ptp, ev->sums, ev->at};
-  for (size_t i = 0; i < sizeof work / sizeof work[0]; i++) ar_work_free(work[i]);
-  ar_work_free(ev->blk_lo), ar_work_free(ev->blk_hi), ar_work_free(ev->boxes);
+#define FREE(owner, type, name, bucket, when, count, cg) ar_work_free(AR_WORK_AT_##owner(ev, name));
+  AR_EVAL_WORK(FREE)
+#undef FREE
   ar_hess_parts_free(&ev->parts);
-  ar_hessvec_free(ev);
+  if (ev->hv_free) ev->hv_free(ev); /* hessvec.c's arrays, if it made them */
   ar_ring_destroy(&ev->ring);
   free(ev);
   *pev = NULL;
@@ -287,14 +144,6 @@ static void begin_units(ar_eval ev, int want_grad, int want_hess)
   ev->units_total = ev->fused ? ntiles : (want_grad ? 2 : 1) * ev->units_trip;
   if (want_hess) ev->units_total += ntiles;
   if (ev->units_total < 1) ev->units_total = 1;
-}
-
-/* One tile done (against a chunk, or its Hessian parts): tell the progress reporter. */
-void ar_eval_tick(ar_eval ev)
-{
-  if (!ev->prog) return;
-  ev->units_done += 1;
-  ar_progress_phase(ev->prog, "evaluation", ev->units_done / ev->units_total);
 }
 
 /* Tables of a chunk of key rows kv (rows x width: A2, then A3 unless A3 = A2). */
@@ -405,61 +254,8 @@ static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_g
     ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, n, 1.0, ev->scores, n, T, ldt, 0.0, ev->fwd + j0 * lda, lda, flops);
     if (Y) finish_rows(ev, Y, j0, r, lda, loss, flops);
     if (T2) backward_tile(ev, j0, r, ev->vals, n, T2, ldt2, ldb, 0.0, flops);
-    ar_eval_tick(ev);
+    ar_trip_tick(ev);
   }
-}
-
-int ar_eval_trip(ar_trip *t)
-{
-  ar_eval ev = t->ev;
-  ar_problem p = ev->p;
-  AR_CALL(ar_ring_start(ev->ring, ev->kv_own ? ev->kv_own : p->a2));
-  while (ar_ring_active(ev->ring)) {
-    int64_t first, rows;
-    int owner;
-    const double *block = ar_ring_block(ev->ring, &first, &rows, &owner);
-    if (p->masked) block_bounds(ev, owner);
-    for (int64_t c0 = 0; c0 < rows; c0 += ev->chunk) {
-      const int64_t cr = rows - c0 < ev->chunk ? rows - c0 : ev->chunk;
-      const double *kv = block + c0 * ev->width;
-      int chunk_ready = 0;
-      for (int64_t j0 = 0; j0 < p->nloc; j0 += ev->tile) {
-        const int64_t r = p->nloc - j0 < ev->tile ? p->nloc - j0 : ev->tile;
-        if (!p->masked) {
-          if (!chunk_ready && t->chunk) t->chunk(t, kv, cr);
-          chunk_ready = 1, ev->box_kb = c0, ev->box_partial = 0;
-          t->tile(t, j0, r, 0, kv, cr);
-        } else {
-          const int nb = tile_boxes(ev, j0, r, c0, c0 + cr, ev->boxes);
-          for (int b = 0; b < nb; b++) { /* a chunk no box needs costs nothing, not even its tables */
-            const struct ar_box_s *x = &ev->boxes[b];
-            if (!chunk_ready && t->chunk) t->chunk(t, kv, cr);
-            chunk_ready = 1, ev->box_kb = x->k0, ev->box_partial = x->partial;
-            t->tile(t, x->j0, x->r, x->k0 - c0, block + x->k0 * ev->width, x->kr);
-          }
-          if (nb == 0) continue;
-        }
-        ar_ring_progress(ev->ring);
-        ar_eval_tick(ev);
-      }
-    }
-    AR_CALL(ar_ring_next(ev->ring));
-  }
-  return AR_OK;
-}
-
-void ar_eval_logits(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64_t cr, int probs, double *flops)
-{
-  const int d = ev->p->d;
-  ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, cr, flops);
-  if (ev->box_partial) /* the keys a row may not see: -inf, so that their exponentials are 0 */
-    for (int64_t j = 0; j < r; j++) {
-      double *row = ev->scores + j * cr;
-      const int64_t lo = ev->blk_lo[j0 + j] - ev->box_kb, hi = ev->blk_hi[j0 + j] - ev->box_kb;
-      for (int64_t l = 0; l < lo && l < cr; l++) row[l] = -INFINITY;
-      for (int64_t l = hi > 0 ? hi : 0; l < cr; l++) row[l] = -INFINITY;
-    }
-  if (probs) ar_softmax_exp_shifted(ev->scores, r, cr, ev->lse + j0), ev->exps += (double)r * (double)cr;
 }
 
 double ar_eval_exps(ar_eval ev) { return ev->exps; }
@@ -473,22 +269,22 @@ typedef struct {
 
 static void fwd_chunk(ar_trip *t, const double *kv, int64_t cr)
 {
-  fwd_trip *f = (fwd_trip *)t;
-  f->T = fwd_operand(t->ev, kv, cr, f->lda, &f->ldt);
+  fwd_trip *ft = (fwd_trip *)t;
+  ft->T = fwd_operand(t->ev, kv, cr, ft->lda, &ft->ldt);
 }
 
 static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
-  fwd_trip *f = (fwd_trip *)t;
+  fwd_trip *ft = (fwd_trip *)t;
   ar_eval ev = t->ev;
-  const int lda = f->lda;
-  ar_eval_logits(ev, j0, r, kv, cr, 0, t->flops);
+  const int lda = ft->lda;
+  ar_trip_logits(ev, j0, r, kv, cr, 0, t->flops);
   ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
   ev->exps += (double)r * (double)cr;
   for (int64_t j = 0; j < r; j++)
     if (ev->rescale[j] != 1.0)
       for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
-  ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, f->T + k0 * f->ldt, f->ldt, 1.0,
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, ft->T + k0 * ft->ldt, ft->ldt, 1.0,
           ev->fwd + j0 * lda, lda, t->flops);
 }
 
@@ -497,8 +293,8 @@ static int forward_trip(ar_eval ev, int lda, double *flops)
   ar_problem p = ev->p;
   for (int64_t j = 0; j < p->nloc; j++) ev->rmax[j] = -INFINITY, ev->rsum[j] = 0;
   memset(ev->fwd, 0, sizeof(double) * p->nloc * lda);
-  fwd_trip f = {{ev, flops, fwd_chunk, fwd_tile}, lda, 0, NULL};
-  AR_CALL(ar_eval_trip(&f.t));
+  fwd_trip ft = {{ev, flops, fwd_chunk, fwd_tile}, lda, 0, NULL};
+  AR_CALL(ar_trip_run(&ft.t));
   for (int64_t j = 0; j < p->nloc; j++) {
     const double s = 1.0 / ev->rsum[j];
     for (int k = 0; k < lda; k++) ev->fwd[j * lda + k] *= s;
@@ -516,25 +312,26 @@ typedef struct {
 
 static void bwd_chunk(ar_trip *t, const double *kv, int64_t cr)
 {
-  bwd_trip *b = (bwd_trip *)t;
+  bwd_trip *bt = (bwd_trip *)t;
   ar_eval ev = t->ev;
   const int d = ev->p->d, m = ev->p->m, w = ev->width;
-  b->T = bwd_operand(ev, kv, cr, b->ldb, &b->ldt);
-  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, b->Y, m, 0.0, ev->vals, m, t->flops);
+  bt->T = bwd_operand(ev, kv, cr, bt->ldb, &bt->ldt);
+  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + (w == d ? 0 : d), w, bt->Y, m, 0.0, ev->vals, m, t->flops);
 }
 
 static void bwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
-  bwd_trip *b = (bwd_trip *)t;
-  ar_eval_logits(t->ev, j0, r, kv, cr, 1, t->flops);
-  backward_tile(t->ev, j0, r, t->ev->vals + k0 * t->ev->p->m, cr, b->T + k0 * b->ldt, b->ldt, b->ldb, 1.0, t->flops);
+  bwd_trip *bt = (bwd_trip *)t;
+  ar_trip_logits(t->ev, j0, r, kv, cr, 1, t->flops);
+  backward_tile(t->ev, j0, r, t->ev->vals + k0 * t->ev->p->m, cr, bt->T + k0 * bt->ldt, bt->ldt, bt->ldb, 1.0,
+                t->flops);
 }
 
 static int backward_trip(ar_eval ev, const double *Y, int ldb, double *flops)
 {
   memset(ev->bwd, 0, sizeof(double) * ev->p->nloc * ldb);
-  bwd_trip b = {{ev, flops, bwd_chunk, bwd_tile}, Y, NULL, ldb, 0};
-  return ar_eval_trip(&b.t);
+  bwd_trip bt = {{ev, flops, bwd_chunk, bwd_tile}, Y, NULL, ldb, 0};
+  return ar_trip_run(&bt.t);
 }
 
 /* Hessian parts of rows [j0, j0 + r) (fwd, bwd, C, fu, alpha already there). */
@@ -599,7 +396,7 @@ static void finish_gradient(ar_eval ev, const double *Y, int lda, int ldb, ar_he
       for (int q = 0; q < d; q++) ev->alpha[j * d + q] = WA2[j * ldb + q] + ev->fu[j0 + j] * P[j * lda + d + q];
     tile_hessian(ev, Y, j0, r, lda, ldb, hk, flops);
     *t_hess += ar_wtime() - th;
-    ar_eval_tick(ev);
+    ar_trip_tick(ev);
   }
 }
 
@@ -686,63 +483,4 @@ int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *P
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, PtP, d * d, MPI_DOUBLE, MPI_SUM, p->comm));
   AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, PtB, d * m, MPI_DOUBLE, MPI_SUM, p->comm));
   return AR_OK;
-}
-
-/* Y from the normal equations (P^T P + lambda_y I) Y = P^T B; a singular P^T P gets a tiny
- * shift.  Same inputs on every rank and a deterministic LAPACK: every rank gets the same Y. */
-static int solve_normal(ar_eval ev, const double *A, const double *Bt, double *Y)
-{
-  const int d = ev->p->d, m = ev->p->m;
-  double *B;
-  AR_MALLOC(B, d * (d > m ? d : m));
-  double tr = 0;
-  for (int k = 0; k < d; k++) tr += A[k * d + k];
-  int err = AR_OK;
-  for (int attempt = 0; !err && attempt < 2; attempt++) {
-    double shift = ev->opt.lambda_y + (attempt ? 1e-12 * tr / d + 1e-300 : 0);
-    memcpy(B, A, sizeof(double) * d * d);
-    for (int k = 0; k < d; k++) B[k * d + k] += shift;
-    for (int k = 0; k < d; k++)
-      for (int i = 0; i < m; i++) Y[i * d + k] = Bt[k * m + i]; /* column-major d x m right-hand side */
-    int info = 0;
-    dposv_("L", &d, &m, B, &d, Y, &d, &info);
-    if (info < 0) err = AR_ERROR(AR_ERR_LIB, "dposv: argument %d had an illegal value", -info);
-    if (info == 0) break;
-    if (attempt == 1) err = AR_ERROR(AR_ERR_NUMERIC, "least-squares Y: P^T P is singular (dposv info %d)", info);
-  }
-  if (!err) {
-    memcpy(B, Y, sizeof(double) * d * m);
-    for (int k = 0; k < d; k++)
-      for (int i = 0; i < m; i++) Y[k * m + i] = B[i * d + k];
-  }
-  free(B);
-  return err;
-}
-
-int ar_solve_least_squares_y(ar_eval ev, const double *X, double *Y)
-{
-  double loss;
-  return ar_reduced_loss(ev, X, Y, &loss);
-}
-
-int ar_reduced_loss(ar_eval ev, const double *X, double *Y, double *loss)
-{
-  const int d = ev->p->d, m = ev->p->m;
-  double *A, *Bt;
-  AR_MALLOC(A, d * d);
-  AR_MALLOC(Bt, d * m);
-  int err = ar_eval_normal_equations(ev, X, A, Bt);
-  if (!err) err = solve_normal(ev, A, Bt, Y);
-  /* L = |B|^2 - 2 tr(Y^T P^T B) + tr(Y^T P^T P Y) + lx |X|^2 + ly |Y|^2 */
-  double l = ev->p->bnorm2, rx = 0;
-  for (int k = 0; !err && k < d; k++)
-    for (int i = 0; i < m; i++) {
-      double py = 0;
-      for (int kk = 0; kk < d; kk++) py += A[k * d + kk] * Y[kk * m + i];
-      l += Y[k * m + i] * (py - 2 * Bt[k * m + i]) + ev->opt.lambda_y * Y[k * m + i] * Y[k * m + i];
-    }
-  for (int i = 0; i < d * d; i++) rx += X[i] * X[i];
-  *loss = l + ev->opt.lambda_x * rx;
-  free(A), free(Bt);
-  return err;
 }

@@ -21,53 +21,42 @@
 #include <string.h>
 
 #include "error.h"
-#include "eval_impl.h"
 #include "memory.h"
-#include "softmax.h"
+#include "trip.h"
 
 struct ar_hessvec_s {
-  double *a1dx, *pdot, *sig, *cdot, *fudot, *wdot; /* per local row */
-  double *sdot;                                    /* a tile against a chunk */
-  double *vdot;                                    /* a chunk: A3 dY */
-  double *tab_pre, *kf;                            /* preconditioner: [A2 | A2 (x) V] per key / query row */
+  AR_HESSVEC_WORK(AR_WORK_DECLARE) /* eval_work.h: what each holds, its size */
 };
+
+static void hessvec_free(ar_eval ev)
+{
+  struct ar_hessvec_s *h = ev->hv;
+  if (!h) return;
+#define FREE(owner, type, name, bucket, when, count, cg) ar_work_free(AR_WORK_AT_##owner(h, name));
+  AR_HESSVEC_WORK(FREE)
+#undef FREE
+  free(h);
+  ev->hv = NULL, ev->hv_free = NULL;
+}
 
 static int hessvec_alloc(ar_eval ev)
 {
   if (ev->hv) return AR_OK;
   ar_problem p = ev->p;
-  const int64_t nl = p->nloc, t = ev->tile, c = ev->chunk;
-  const int d = p->d, m = p->m;
+  const ar_work_sizes z = {p->nloc, ev->tile, ev->chunk, p->d, p->m, ev->width, p->masked};
+  AR_WORK_LOCALS(z);
   struct ar_hessvec_s *h = calloc(1, sizeof *h);
   int err = h ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory (Hessian-vector products)");
-#define WORK(ptr, cnt)                                                                              \
-  if (!err && !((ptr) = ar_work_alloc(sizeof(double) * (size_t)((cnt) > 0 ? (cnt) : 1))))         \
-    err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB", #ptr, 8.0 * (double)(cnt) / 1048576.0)
-  if (h) {
-    WORK(h->a1dx, nl * d);
-    WORK(h->pdot, nl * d);
-    WORK(h->sig, nl);
-    WORK(h->cdot, nl * m);
-    WORK(h->fudot, nl);
-    WORK(h->wdot, nl * d);
-    WORK(h->sdot, t * c);
-    WORK(h->vdot, c * m);
-    WORK(h->tab_pre, c * (d + d * m));
-    WORK(h->kf, nl * (d + d * m));
-  }
-#undef WORK
+#define ALLOC(owner, type, name, bucket, when, count, cg)                                                          \
+  if (!err && (when) &&                                                                                           \
+      !(AR_WORK_AT_##owner(h, name) = ar_work_alloc(sizeof(type) * (size_t)((count) > 0 ? (count) : 1))))        \
+    err = AR_ERROR(AR_ERR_MEM, "out of memory: %s needs %.1f MB", #name,                                          \
+                   (double)sizeof(type) * (double)(count) / 1048576.0);
+  AR_HESSVEC_WORK(ALLOC)
+#undef ALLOC
   ev->hv = h;
+  if (h) ev->hv_free = hessvec_free; /* the evaluator's destroy releases them through this */
   return err;
-}
-
-void ar_hessvec_free(ar_eval ev)
-{
-  struct ar_hessvec_s *h = ev->hv;
-  if (!h) return;
-  double *a[] = {h->a1dx, h->pdot, h->sig, h->cdot, h->fudot, h->wdot, h->sdot, h->vdot, h->tab_pre, h->kf};
-  for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) ar_work_free(a[i]);
-  free(h);
-  ev->hv = NULL;
 }
 
 /* The per-row state at (X, Y): kept from the last evaluation there, else a forward pass. */
@@ -84,7 +73,7 @@ static int state_at(ar_eval ev, const double *X, const double *Y, double *flops)
 static void tile_f_ds(ar_eval ev, int64_t j0, int64_t r, const double *kv, int64_t cr, double *flops)
 {
   const int d = ev->p->d;
-  ar_eval_logits(ev, j0, r, kv, cr, 1, flops);
+  ar_trip_logits(ev, j0, r, kv, cr, 1, flops);
   ar_gemm(CblasNoTrans, CblasTrans, r, cr, d, 1.0, ev->hv->a1dx + j0 * d, d, kv, ev->width, 0.0, ev->hv->sdot, cr,
           flops);
 }
@@ -111,7 +100,7 @@ static int trip_a(ar_eval ev, double *flops)
   memset(ev->hv->pdot, 0, sizeof(double) * ev->p->nloc * ev->p->d);
   memset(ev->hv->sig, 0, sizeof(double) * ev->p->nloc);
   ar_trip t = {ev, flops, NULL, a_tile};
-  return ar_eval_trip(&t);
+  return ar_trip_run(&t);
 }
 
 /* After trip A: dP, dC, dfu per row. */
@@ -143,23 +132,24 @@ typedef struct {
 
 static void b_chunk(ar_trip *t, const double *kv, int64_t cr)
 {
-  b_trip *b = (b_trip *)t;
+  b_trip *bt = (b_trip *)t;
   ar_eval ev = t->ev;
   const int d = ev->p->d, m = ev->p->m, w = ev->width, a3 = w == d ? 0 : d;
-  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, b->Y, m, 0.0, ev->vals, m, t->flops);
-  if (b->exact) ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, b->dY, m, 0.0, ev->hv->vdot, m, t->flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, bt->Y, m, 0.0, ev->vals, m, t->flops);
+  if (bt->exact)
+    ar_gemm(CblasNoTrans, CblasNoTrans, cr, m, d, 1.0, kv + a3, w, bt->dY, m, 0.0, ev->hv->vdot, m, t->flops);
 }
 
 static void b_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *kv, int64_t cr)
 {
-  b_trip *b = (b_trip *)t;
+  b_trip *bt = (b_trip *)t;
   ar_eval ev = t->ev;
   struct ar_hessvec_s *h = ev->hv;
   const int d = ev->p->d, m = ev->p->m;
   const double *vals = ev->vals + k0 * m, *vdot = h->vdot + k0 * m;
   const double *C = ev->resid + j0 * m, *dC = h->cdot + j0 * m;
   double *U = ev->cvt, *G = h->sdot;
-  if (b->exact) {
+  if (bt->exact) {
     tile_f_ds(ev, j0, r, kv, cr, t->flops);
     ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, C, m, vals, m, 0.0, U, cr, t->flops);
     for (int64_t j = 0; j < r; j++) { /* G = dF o (U - fu) */
@@ -177,7 +167,7 @@ static void b_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *
       for (int64_t l = 0; l < cr; l++) g[l] += f[l] * (u[l] - dfu);
     }
   } else {
-    ar_eval_logits(ev, j0, r, kv, cr, 1, t->flops);
+    ar_trip_logits(ev, j0, r, kv, cr, 1, t->flops);
     ar_gemm(CblasNoTrans, CblasTrans, r, cr, m, 1.0, dC, m, vals, m, 0.0, U, cr, t->flops);
     for (int64_t j = 0; j < r; j++) { /* G = F o (dC V^T - fu') */
       const double fu = h->fudot[j0 + j];
@@ -192,8 +182,8 @@ static void b_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double *
 static int trip_b(ar_eval ev, const double *Y, const double *dY, int exact, double *flops)
 {
   memset(ev->hv->wdot, 0, sizeof(double) * ev->p->nloc * ev->p->d);
-  b_trip b = {{ev, flops, b_chunk, b_tile}, Y, dY, exact};
-  return ar_eval_trip(&b.t);
+  b_trip bt = {{ev, flops, b_chunk, b_tile}, Y, dY, exact};
+  return ar_trip_run(&bt.t);
 }
 
 int ar_eval_hessvec(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, const double *v, double *hv,
@@ -246,7 +236,7 @@ static void pre_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double
 {
   ar_eval ev = t->ev;
   const int ld = ev->p->d + ev->p->d * ev->p->m;
-  ar_eval_logits(ev, j0, r, kv, cr, 1, t->flops);
+  ar_trip_logits(ev, j0, r, kv, cr, 1, t->flops);
   ar_gemm(CblasNoTrans, CblasNoTrans, r, ld, cr, 1.0, ev->scores, cr, ev->hv->tab_pre + k0 * ld, ld, 1.0,
           ev->hv->kf + j0 * ld, ld, t->flops);
 }
@@ -264,7 +254,7 @@ int ar_eval_precond(ar_eval ev, const double *X, const double *Y, double *G1, do
   struct ar_hessvec_s *h = ev->hv;
   memset(h->kf, 0, sizeof(double) * p->nloc * ld);
   pre_trip pt = {{ev, flops, pre_chunk, pre_tile}, Y};
-  AR_CALL(ar_eval_trip(&pt.t));
+  AR_CALL(ar_trip_run(&pt.t));
   /* M_j = KF_j - beta_j (x) (P Y)_j with (P Y)_j = c_j + b_j; Nbar += 2 M_j M_j^T */
   double *sums = calloc((size_t)3 * d * d, sizeof(double)), *Mj = malloc(sizeof(double) * d * m);
   AR_CHECK(sums && Mj, AR_ERR_MEM, "out of memory (preconditioner)");

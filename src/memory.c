@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #include "memory.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <sys/mman.h>
 
@@ -27,21 +28,35 @@
 #endif
 #endif
 
+#define HUGE_ALIGN ((size_t)2 << 20)
+
+double ar_work_placed(double bytes)
+{
+  const double h = (double)HUGE_ALIGN;
+  if (bytes < (double)AR_HEAP_MAX) return bytes;
+  return bytes <= (double)AR_HUGE_MAX ? ceil(bytes / h) * h : bytes;
+}
+
 #ifdef AR_ASAN
 /* AddressSanitizer checks only what malloc hands out: plain calloc, so overruns are caught. */
 #include <stdlib.h>
 void *ar_work_alloc(size_t bytes) { return calloc(bytes ? bytes : 1, 1); }
 void ar_work_free(void *p) { free(p); }
+double ar_work_live_bytes(void) { return -1; }
 #else
 #include <stdlib.h>
 
-#define HUGE_ALIGN ((size_t)2 << 20)
 #define HEADER 64
 
 typedef struct {
   void *base;
-  size_t len;  /* 0: from the heap */
+  size_t len;    /* 0: from the heap */
+  size_t placed; /* the bytes it counts in live_bytes */
 } map_header;
+
+static size_t live_bytes; /* placed bytes not yet freed (the processes are single-threaded here) */
+
+double ar_work_live_bytes(void) { return (double)live_bytes; }
 
 void *ar_work_alloc(size_t bytes)
 {
@@ -50,7 +65,8 @@ void *ar_work_alloc(size_t bytes)
     char *b = calloc(1, bytes + HEADER);
     if (!b) return NULL;
     map_header *h = (map_header *)b;
-    h->base = b, h->len = 0;
+    h->base = b, h->len = 0, h->placed = bytes;
+    live_bytes += bytes;
     return b + HEADER;
   }
   if (bytes > SIZE_MAX - 3 * HUGE_ALIGN) return NULL;
@@ -64,7 +80,8 @@ void *ar_work_alloc(size_t bytes)
   if (huge) (void)madvise((void *)p, bytes, MADV_HUGEPAGE); /* advice only: ignored where unsupported */
 #endif
   map_header *h = (map_header *)(p - HEADER);
-  h->base = base, h->len = len;
+  h->base = base, h->len = len, h->placed = bytes; /* huge: already whole pages */
+  live_bytes += bytes;
   return (void *)p;
 }
 
@@ -72,6 +89,7 @@ void ar_work_free(void *p)
 {
   if (!p) return;
   map_header *h = (map_header *)((uintptr_t)p - HEADER);
+  live_bytes -= h->placed;
   if (h->len) munmap(h->base, h->len);
   else free(h->base);
 }

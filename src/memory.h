@@ -12,5 +12,12 @@
 #define AR_HUGE_MAX ((size_t)4 << 20)
 void *ar_work_alloc(size_t bytes);
 void ar_work_free(void *p); /* NULL is ignored */
+/* Not collective: the bytes a request of `bytes` occupies as placed above (the heap: as asked;
+ * mappings up to AR_HUGE_MAX: whole 2 MB pages), which plan.c's memory model sums. */
+double ar_work_placed(double bytes);
+/* Not collective: this process's arrays from ar_work_alloc not yet freed, in placed bytes (-1
+ * under AddressSanitizer, where they are plain calloc and not counted).  Tests compare it with
+ * the plan's model (tests/test_evalmem.c). */
+double ar_work_live_bytes(void);
 
 #endif

@@ -1,10 +1,13 @@
 /* The cost model behind `attnreg plan` and the memory check of `solve`.  The memory terms
- * follow the allocations of problem.c, ring.c, eval.c, hessian.c, grid.c and solver.c one by
- * one; keep them in step when those change (tests/test_plan.py compares with measured RSS). */
+ * follow the allocations of problem.c, ring.c, hessian.c, grid.c and solver.c one by one (keep
+ * them in step when those change: tests/test_plan.py compares with measured RSS); the
+ * evaluator's arrays are summed from their lists (eval_work.h: eval.c and hessvec.c allocate by
+ * the same lists; tests/test_evalmem.c compares). */
 #include <math.h>
 #include <string.h>
 
 #include "error.h"
+#include "eval_work.h"
 #include "layout.h"
 #include "memory.h"
 
@@ -66,11 +69,20 @@ void ar_plan_tiles(int64_t n, int d, int m, int ranks, int64_t tile, int64_t chu
 
 /* Bytes an array from ar_work_alloc occupies (memory.c): small ones on the heap, mid-sized
  * ones in whole 2 MB pages. */
-static double work(double bytes)
+static double work(double bytes) { return ar_work_placed(bytes); }
+
+void ar_work_model(const ar_work_sizes *z, int list, double bytes[AR_WORK_NBUCKETS])
 {
-  const double h = 2097152.0;
-  if (bytes < (double)AR_HEAP_MAX) return bytes;
-  return bytes <= (double)AR_HUGE_MAX ? ceil(bytes / h) * h : bytes;
+  AR_WORK_LOCALS(*z);
+  for (int b = 0; b < AR_WORK_NBUCKETS; b++) bytes[b] = 0;
+#define COUNT(owner, type, name, bucket, when, count, cg)                                                          \
+  if (when) bytes[bucket] += work((double)sizeof(type) * (double)(list == AR_WORK_EVAL_CG ? (cg) : (count)));
+  if (list == AR_WORK_HESSVEC) {
+    AR_HESSVEC_WORK(COUNT)
+  } else {
+    AR_EVAL_WORK(COUNT)
+  }
+#undef COUNT
 }
 
 /* Largest local extent of a block-cyclic dimension N over np processes. */
@@ -87,36 +99,34 @@ static double max_local(int N, int nb, int np)
 
 static void plan_memory(ar_plan *p, double lr, double lc)
 {
-  const double B = 8.0, nloc = (double)p->rows_per_rank, d = p->d, m = p->m, np = d * (d + 1) / 2.0;
-  const double t = (double)p->tile, c = (double)p->chunk, D = p->D;
-  const double ld_fwd = 2 * d + d * d, ld_bwd = d + np;
+  const double B = 8.0, nloc = (double)p->rows_per_rank, d = p->d, m = p->m;
+  const double D = p->D;
+  const int masked = p->nseg > 1 || p->causal, cg = p->linear_solver == AR_LINSOLVE_CG;
+  /* the evaluator's arrays (eval_work.h), the kv rows as [A2 | A3]: with A3 = A2 they are fewer */
+  const ar_work_sizes z = {p->rows_per_rank, p->tile, p->chunk, p->d, p->m, 2 * p->d, masked};
+  double ev[AR_WORK_NBUCKETS], hv[AR_WORK_NBUCKETS] = {0};
+  /* the matrix-free method: no Hessian, no parts (their arrays are never touched), the
+   * products' arrays (hessvec.c) */
+  ar_work_model(&z, cg ? AR_WORK_EVAL_CG : AR_WORK_EVAL, ev);
+  if (cg) ar_work_model(&z, AR_WORK_HESSVEC, hv);
   p->mem_inputs = B * nloc * (3 * d + m); /* A1, A2, A3, B: this rank's rows */
-  p->mem_ring = work(B * nloc * 2 * d) + (p->max_group > 1 ? 2 * work(B * nloc * 2 * d) : 0);
-  p->mem_rows = work(B * nloc * d) + work(B * nloc * ld_fwd) + work(B * nloc * ld_bwd) + 4 * work(B * nloc) +
-                work(B * nloc * m);
-  p->mem_chunk = work(B * c * ld_fwd) + work(B * c * ld_bwd) + work(B * c * m);
-  p->mem_tiles = 2 * work(B * t * c) + work(B * t) + 2 * work(B * t * d * d) + 2 * work(B * t * d * m) +
-                 work(B * t * d) + 2 * work(B * t * np) + work(B * d * d);
-  if (p->linear_solver == AR_LINSOLVE_CG) {
-    /* no Hessian, no parts (their arrays are never touched): the gradient's per-row arrays, the
-     * products' per-row, tile and chunk arrays, the CG vectors */
-    p->mem_rows = 3 * work(B * nloc * d) + 4 * work(B * nloc) + work(B * nloc * m);
-    p->mem_rows += 4 * work(B * nloc * d) + 2 * work(B * nloc) + work(B * nloc * m) + work(B * nloc * (d + d * m));
-    p->mem_chunk = work(B * c * m) + work(B * c * m) + work(B * c * (d + d * m));
-    p->mem_tiles = 2 * work(B * t * c) + work(B * t) + work(B * t * c);
-    p->mem_parts = work(B * (1 + 2 * d * d + d * m));
+  /* own [A2 | A3] rows, and the ring's two buffers (ring.c) */
+  p->mem_ring = ev[AR_WORK_RING] + (p->max_group > 1 ? 2 * work(B * nloc * 2 * d) : 0);
+  p->mem_rows = ev[AR_WORK_ROWS] + hv[AR_WORK_ROWS];
+  p->mem_chunk = ev[AR_WORK_CHUNK] + hv[AR_WORK_CHUNK];
+  p->mem_tiles = ev[AR_WORK_TILES] + hv[AR_WORK_TILES];
+  p->mem_parts = ev[AR_WORK_PARTS] + hv[AR_WORK_PARTS];
+  if (cg) {
     p->mem_hessian = 0;
     p->mem_assembly = 0;
-    p->mem_solver = B * (14.0 * D + 10.0 * d * d);
+    p->mem_solver = B * (14.0 * D + 10.0 * d * d); /* the CG vectors */
   } else {
-    p->mem_parts = work(B * np * np) + 2 * work(B * d * d * d * m) + work(B * d * d) + work(B * (1 + 2 * d * d + d * m));
     p->mem_hessian = 2 * work(B * lr * lc); /* the local share and its factor copy */
     const double panel = B * D * D < AR_ASSEMBLY_BYTES ? B * D * D : AR_ASSEMBLY_BYTES;
     p->mem_assembly = (p->ranks > 1 ? panel : 0) + 12.0 * D; /* reduce-scatter panel, index tables */
     p->mem_solver = B * 6.0 * D;
   }
-  if (p->nseg > 1 || p->causal) /* per row: its keys, globally and in the block in hand; a tile's boxes */
-    p->mem_rows += 2 * B * nloc + 2 * work(B * nloc) + work(40.0 * t);
+  if (masked) p->mem_rows += 2 * B * nloc; /* per row its keys, globally (problem.c) */
   p->mem_baseline = AR_BASELINE_BYTES;
   p->mem_total = p->mem_inputs + p->mem_ring + p->mem_rows + p->mem_chunk + p->mem_tiles + p->mem_parts +
                  p->mem_hessian + p->mem_assembly + p->mem_solver + p->mem_baseline;

@@ -7,7 +7,8 @@
  * to the right neighbour and the next one is arriving from the left (non-blocking send and
  * receive into the second of two buffers); ar_ring_progress between tiles lets the transfer
  * advance, and ar_ring_next waits for it (the time waited is the "ring" phase).  P = 1 is the
- * same loop with one step and no messages.  Data movement only: the tile kernels are eval.c's. */
+ * same loop with one step and no messages.  Data movement only: trip.c walks the blocks, and the
+ * tile kernels are eval.c's and hessvec.c's. */
 #ifndef AR_RING_H
 #define AR_RING_H
 

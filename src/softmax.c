@@ -31,11 +31,17 @@
 #define MADD(a, b, c) (fused ? __builtin_fma((a), (b), (c)) : (a) * (b) + (c))
 
 /* e^(x - c) for x - c <= 0; below -708 (masked logits are -inf) exactly 0; NaN stays NaN.
- * k = round((x - c) / ln2), r = (x - c) - k ln2 in two exact FMA steps (|r| <= ln2/2), e^r by
- * the polynomial 1 + r + r^2 q(r), and 2^k added to the exponent bits.  Why not exp2 with
- * log2(e) folded into the shift, 2^((x - c) log2 e) = 2^(x log2 e - c log2 e)?  Rounding x log2 e
- * costs eps |x| of relative accuracy (1e-13 for logits of 1e3); made exact with a second FMA it
- * is the same work as this reduction. */
+ * k = round((x - c) / ln2), r = (x - c) - k ln2 in two steps (k ln2hi is exact: ln2hi ends in
+ * zero bits; |r| <= ln2/2), e^r by the polynomial 1 + r + r^2 q(r), and 2^k added to the
+ * exponent bits.  q of degree 9 is fitted to (e^r - 1 - r)/r^2 in 40-digit arithmetic (mpmath,
+ * Lawson's iteration towards the minimax relative error of e^r); degree 8 would leave 2.9e-16 of
+ * approximation error alone.  Not done, and why:
+ *  - exp2 with log2(e) folded into the shift, 2^(x log2e - c log2e): rounding x log2e costs eps |x|
+ *    of relative accuracy (1e-13 for logits of 1e3); made exact with a second FMA it is the same
+ *    work as this reduction;
+ *  - Estrin's scheme for q (shorter dependency chain): no faster here (bench_softmax, same run);
+ *  - a 2^(j/32) table and a degree-5 polynomial: a gather per vector for 5 FMAs less, while the
+ *    exponentials are already a fifth of an evaluation's bound at d = 8 (scripts/bench-roofline). */
 AR_KERNEL double exp_shift(double x, double c, int fused)
 {
   const double log2e = 1.4426950408889634, shifter = 0x1.8p52;

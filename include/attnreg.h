@@ -248,6 +248,14 @@ void ar_eval_set_progress(ar_eval ev, ar_progress *p); /* not collective: report
 void ar_eval_ridge(ar_eval ev, double *lambda_x, double *lambda_y); /* global: the ridge weights */
 void ar_eval_work_info(ar_eval ev, ar_eval_work *w); /* not collective (computed at creation) */
 double ar_eval_exps(ar_eval ev);                     /* this rank: exponentials computed since creation */
+/* The sub-sampled Hessian (docs/math.md §9): the Hessian's X-X and X-Y blocks from a weighted
+ * sum over rows; the gradient, the loss and the Y-Y block (2 P^T P) stay exact.  Not
+ * collective: w[j] per local row (NULL: every row, weight 1; the default). */
+int ar_eval_set_hessian_rows(ar_eval ev, const double *w);
+/* Collective: a uniform sample of about fraction * n rows (in units of 64 global rows, by a hash
+ * of seed: independent of the rank count), each weighing n / (rows sampled); fraction >= 1:
+ * every row.  *sampled (if not NULL): the fraction of rows in the sample. */
+int ar_eval_set_hessian_sample(ar_eval ev, double fraction, uint64_t seed, double *sampled);
 /* Collective: L at z (global X, Y); grad if out->grad != NULL; Hessian of kind hk into
  * out->hess if hk != AR_HESS_NONE (out->hess must be a D x D ar_dmat). */
 int ar_eval_compute(ar_eval ev, const double *X, const double *Y, ar_hessian_kind hk, ar_eval_out *out);

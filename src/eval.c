@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "hash.h"
 #include "memory.h"
 #include "softmax.h"
 #include "timing.h"
@@ -122,6 +123,7 @@ void ar_eval_destroy(ar_eval *pev)
 #undef FREE
   ar_hess_parts_free(&ev->parts);
   if (ev->hv_free) ev->hv_free(ev); /* hessvec.c's arrays, if it made them */
+  free(ev->hrow_w);
   ar_ring_destroy(&ev->ring);
   free(ev);
   *pev = NULL;
@@ -198,6 +200,22 @@ static const double *bwd_operand(ar_eval ev, const double *kv, int64_t rows, int
   return kv;
 }
 
+/* A tile of rows [j0, j0 + r) in the Hessian's sample: some row weighs in. */
+static int tile_sampled(ar_eval ev, int64_t j0, int64_t r)
+{
+  if (!ev->hrow_w) return 1;
+  for (int64_t j = 0; j < r; j++)
+    if (ev->hrow_w[j0 + j] != 0) return 1;
+  return 0;
+}
+
+/* Columns of fwd (bwd) a tile computes, of ld: all of them, or the gradient's first d (the
+ * tables start with A3, A2) for a tile outside the Hessian's sample. */
+static int tile_cols(ar_eval ev, int64_t j0, int64_t r, int ld)
+{
+  return ld > ev->p->d && !tile_sampled(ev, j0, r) ? ev->p->d : ld;
+}
+
 /* Rows [j0, j0 + r) after the forward pass: C = P Y - B, L += ||C||^2, fu = c . (P Y). */
 static void finish_rows(ar_eval ev, const double *Y, int64_t j0, int64_t r, int lda, double *loss, double *flops)
 {
@@ -228,7 +246,8 @@ static void backward_tile(ar_eval ev, int64_t j0, int64_t r, const double *vals,
     const double *u = ev->cvt + j * cr, fu = ev->fu[j0 + j];
     for (int64_t l = 0; l < cr; l++) w[l] *= u[l] - fu;
   }
-  ar_gemm(CblasNoTrans, CblasNoTrans, r, ldb, cr, 1.0, ev->scores, cr, T, ldt, beta, ev->bwd + j0 * ldb, ldb, flops);
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, tile_cols(ev, j0, r, ldb), cr, 1.0, ev->scores, cr, T, ldt, beta,
+          ev->bwd + j0 * ldb, ldb, flops);
 }
 
 /* One rank, one chunk: per tile, the softmax rows whole, then forward and backward with F in
@@ -251,7 +270,8 @@ static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_g
     ar_gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, n, flops);
     ar_softmax_rows_lse(ev->scores, r, n, ev->lse + j0);
     ev->exps += (double)r * (double)n;
-    ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, n, 1.0, ev->scores, n, T, ldt, 0.0, ev->fwd + j0 * lda, lda, flops);
+    ar_gemm(CblasNoTrans, CblasNoTrans, r, tile_cols(ev, j0, r, lda), n, 1.0, ev->scores, n, T, ldt, 0.0,
+            ev->fwd + j0 * lda, lda, flops);
     if (Y) finish_rows(ev, Y, j0, r, lda, loss, flops);
     if (T2) backward_tile(ev, j0, r, ev->vals, n, T2, ldt2, ldb, 0.0, flops);
     ar_trip_tick(ev);
@@ -259,6 +279,50 @@ static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_g
 }
 
 double ar_eval_exps(ar_eval ev) { return ev->exps; }
+
+int ar_eval_set_hessian_rows(ar_eval ev, const double *w)
+{
+  ar_problem p = ev->p;
+  if (!w) {
+    free(ev->hrow_w), ev->hrow_w = NULL;
+    return AR_OK;
+  }
+  if (!ev->hrow_w) ev->hrow_w = malloc(sizeof(double) * (p->nloc > 0 ? p->nloc : 1));
+  AR_CHECK(ev->hrow_w, AR_ERR_MEM, "out of memory (Hessian sample)");
+  memcpy(ev->hrow_w, w, sizeof(double) * p->nloc);
+  return AR_OK;
+}
+
+/* Units of AR_SAMPLE_UNIT global rows, each in the sample with probability fraction by a hash
+ * of (seed, unit): the same sample whatever the rank count and layout; every sampled row
+ * weighs n / (rows sampled), so the sampled row sum estimates the full one. */
+#define AR_SAMPLE_UNIT 64
+int ar_eval_set_hessian_sample(ar_eval ev, double fraction, uint64_t seed, double *sampled)
+{
+  ar_problem p = ev->p;
+  if (sampled) *sampled = 1;
+  if (!(fraction < 1)) return ar_eval_set_hessian_rows(ev, NULL);
+  double *w = malloc(sizeof(double) * (p->nloc > 0 ? p->nloc : 1)), count = 0;
+  AR_CHECK_AGREE(p->comm, w, AR_ERR_MEM, "out of memory (Hessian sample)");
+  const uint64_t cut = (uint64_t)(fraction * 18446744073709551616.0);
+  int64_t j = 0;
+  for (int i = 0; i < p->nranges; i++)
+    for (int64_t g = p->ranges[2 * i]; g < p->ranges[2 * i + 1]; g++, j++) {
+      const uint64_t h = ar_mix64(ar_mix64(seed * 0x9e3779b97f4a7c15ULL + 0x5a3d) ^ (uint64_t)(g / AR_SAMPLE_UNIT));
+      w[j] = h < cut ? 1.0 : 0.0;
+      count += w[j];
+    }
+  MPI_Allreduce(MPI_IN_PLACE, &count, 1, MPI_DOUBLE, MPI_SUM, p->comm);
+  if (count < 1) { /* an empty sample: the full Hessian */
+    free(w);
+    return ar_eval_set_hessian_rows(ev, NULL);
+  }
+  for (int64_t k = 0; k < p->nloc; k++) w[k] *= (double)p->n / count;
+  if (sampled) *sampled = count / (double)p->n;
+  const int err = ar_eval_set_hessian_rows(ev, w);
+  free(w);
+  return ar_error_agree(p->comm, err);
+}
 
 /* Forward trip: online softmax, fwd = F [A3 | A2 | R23] (or F A3). */
 typedef struct {
@@ -278,13 +342,14 @@ static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double
   fwd_trip *ft = (fwd_trip *)t;
   ar_eval ev = t->ev;
   const int lda = ft->lda;
+  const int cols = tile_cols(ev, j0, r, lda);
   ar_trip_logits(ev, j0, r, kv, cr, 0, t->flops);
   ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
   ev->exps += (double)r * (double)cr;
   for (int64_t j = 0; j < r; j++)
     if (ev->rescale[j] != 1.0)
-      for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
-  ar_gemm(CblasNoTrans, CblasNoTrans, r, lda, cr, 1.0, ev->scores, cr, ft->T + k0 * ft->ldt, ft->ldt, 1.0,
+      for (int k = 0; k < cols; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, cols, cr, 1.0, ev->scores, cr, ft->T + k0 * ft->ldt, ft->ldt, 1.0,
           ev->fwd + j0 * lda, lda, t->flops);
 }
 
@@ -354,13 +419,14 @@ static void tile_hessian(ar_eval ev, const double *Y, int64_t j0, int64_t r, int
     const double *Mj = M + j * dm, *al = ev->alpha + j * d, *be = fwd + j * lda + d, *a1j = a1t + j * d;
     const double *wr22 = ev->bwd + (j0 + j) * ldb + d, fu = ev->fu[j0 + j];
     double *Nj = ev->Npair + j * np, *Kj = ev->Kpair + j * np, *mmt = ev->MMt;
+    const double w = ev->hrow_w ? ev->hrow_w[j0 + j] : 1.0; /* the row's weight in the sample */
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, d, m, 1.0, Mj, m, 0.0, mmt, d); /* M_j M_j^T */
     for (int q = 0; q < d; q++)
       for (int qq = q; qq < d; qq++) {
         const int pq = ar_pair(d, q, qq);
         double t = exact ? wr22[pq] - al[q] * be[qq] - be[q] * al[qq] + 2 * fu * be[q] * be[qq] : 0.0; /* T_j */
         Nj[pq] = 2 * (mmt[q * d + qq] + t);
-        Kj[pq] = a1j[q] * a1j[qq];
+        Kj[pq] = w * a1j[q] * a1j[qq];
       }
     *flops += (double)np * (2.0 * m + 8); /* dsyrk + the pair loop */
   }
@@ -368,7 +434,7 @@ static void tile_hessian(ar_eval ev, const double *Y, int64_t j0, int64_t r, int
   /* H_xy terms: a1c[j,(p,i)] = a1_jp C[j,i] (exact only), a1p[j,(p,k)] = a1_jp P[j,k] */
   for (int64_t j = 0; j < r; j++)
     for (int pp = 0; pp < d; pp++) {
-      const double a = a1t[j * d + pp];
+      const double a = a1t[j * d + pp] * (ev->hrow_w ? ev->hrow_w[j0 + j] : 1.0);
       if (exact)
         for (int i = 0; i < m; i++) ev->a1c[j * dm + pp * m + i] = a * C[j * m + i];
       for (int k = 0; k < d; k++) ev->a1p[j * dd + pp * d + k] = a * fwd[j * lda + k];
@@ -391,6 +457,10 @@ static void finish_gradient(ar_eval ev, const double *Y, int lda, int ldb, ar_he
     ar_gemm(CblasTrans, CblasNoTrans, d, m, r, 2.0, P, lda, C, m, 1.0, gY, m, flops);
     ar_gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, P, lda, P, lda, 1.0, ptp, d, flops);
     if (hk == AR_HESS_NONE) continue;
+    if (!tile_sampled(ev, j0, r)) {
+      ar_trip_tick(ev);
+      continue;
+    }
     const double th = ar_wtime();
     for (int64_t j = 0; j < r; j++) /* alpha = A2^T (f o u) = W A2 + fu beta */
       for (int q = 0; q < d; q++) ev->alpha[j * d + q] = WA2[j * ldb + q] + ev->fu[j0 + j] * P[j * lda + d + q];

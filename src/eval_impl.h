@@ -39,6 +39,10 @@ struct ar_eval_s {
   struct ar_hessvec_s *hv;
   void (*hv_free)(ar_eval ev);
   double units_done, units_total;
+  /* the sub-sampled Hessian (ar_eval_set_hessian_rows): per local row its weight in the
+   * Hessian's row sum (NULL: every row, weight 1); a tile whose rows all weigh 0 computes the
+   * gradient's narrow products only */
+  double *hrow_w;
 };
 
 static inline void ar_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha,

@@ -374,7 +374,7 @@ const char *ar_shift_name(int kind); /* not collective */
 #define AR_ITER_FIELDS(X)                                                                           \
   X(int, iter) X(int, accepted) X(int, hessian) X(int, chord) X(int, cg_iters) X(double, loss)     \
   X(double, rel_loss) X(double, grad_norm) X(double, mu) X(double, rho) X(double, step_norm)         \
-  X(double, seconds)
+  X(double, seconds) X(double, hessian_sample)
 
 typedef struct {
 #define AR_FIELD_DECL(type, name) type name;
@@ -404,7 +404,7 @@ typedef int (*ar_stop_fn)(const ar_iter_info *it, void *ctx);
 #define AR_STATE_FIELDS(X)                                                                          \
   X(int, iter) X(int, accepted) X(double, mu) X(double, nu) X(double, f_prev) X(double, g0norm)    \
   X(double, step_norm) X(double, rho) X(int, h_kind) X(int, hk_next) X(int, h_fresh) X(int, nchord) \
-  X(double, fact_shift) X(double, contraction) X(int, nfloor)
+  X(double, fact_shift) X(double, contraction) X(int, nfloor) X(double, hess_frac)
 
 typedef struct {
   AR_STATE_FIELDS(AR_FIELD_DECL)
@@ -429,6 +429,8 @@ typedef struct {
   int64_t max_iter;
   double time_limit;         /* seconds, <= 0: none */
   double gatol, grtol, gttol, ftol, steptol;
+  double hessian_sample;     /* dense step: Hessians from this fraction of the rows (1: all), doubled after a
+                                rejected step or one that cut |g| less than fourfold (docs/solver.md) */
   int floor_iters;           /* stop (CONVERGED_FLOOR) after this many steps in a row at f's rounding floor (0: never) */
   double mu0, mu_max;        /* initial and largest LM shift (relative to mean |diag H|) */
   int nb;                    /* ScaLAPACK block size (0: default) */

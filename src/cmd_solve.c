@@ -44,6 +44,9 @@ static int option_table(solve_cfg *s, ar_option *opts)
       {"gttol", AR_OPT_DOUBLE, &so->gttol, "stop when |grad| <= gttol * |grad_0|", "0"},
       {"ftol", AR_OPT_DOUBLE, &so->ftol, "stop when an accepted step changes L by <= ftol * L", "0"},
       {"steptol", AR_OPT_DOUBLE, &so->steptol, "stop when |step| <= steptol * (|z| + steptol)", "0"},
+      {"hessian-sample", AR_OPT_DOUBLE, &so->hessian_sample,
+       "dense step: each Hessian from this fraction of the query rows (a uniform sample, rescaled; the gradient stays "
+       "exact), doubled after a rejected step or one that cut |grad| less than fourfold", "1"},
       {"floor-iters", AR_OPT_INT, &so->floor_iters,
        "stop (CONVERGED_FLOOR) after K steps in a row whose predicted and actual change of L are below its rounding "
        "error (0: never)", "2"},

@@ -52,6 +52,7 @@ void ar_solver_options_default(ar_solver_options *o)
   o->ftol = 0;
   o->steptol = 1e-14;
   o->floor_iters = 2;
+  o->hessian_sample = 1;
   o->mu0 = 1e-3;
   o->mu_max = 1e16;
   o->linear_solver = AR_LINSOLVE_AUTO;
@@ -80,6 +81,8 @@ int ar_solver_options_check(const ar_solver_options *o)
   AR_CHECK(ar_linear_solver_name(o->linear_solver), AR_ERR_USAGE, "--linear-solver: %d is not a solver",
            o->linear_solver);
   AR_CHECK(ar_shift_name(o->shift), AR_ERR_USAGE, "--shift: %d is not a shift kind", o->shift);
+  AR_CHECK(o->hessian_sample > 0 && o->hessian_sample <= 1, AR_ERR_USAGE,
+           "--hessian-sample: must be in (0, 1], got %g", o->hessian_sample);
   AR_CHECK(o->floor_iters >= 0, AR_ERR_USAGE, "--floor-iters: must be >= 0, got %d", o->floor_iters);
   AR_CHECK(o->cg_max_iter >= 1, AR_ERR_USAGE, "--cg-max-iter: must be >= 1, got %d", o->cg_max_iter);
   AR_CHECK(o->checkpoint_every >= 0, AR_ERR_USAGE, "--checkpoint-every: must be >= 0, got %d", o->checkpoint_every);
@@ -292,6 +295,28 @@ static int try_step(lm_state *s)
   return st->accepted ? accept(s, ft, trusted, thk) : reject(s, thk);
 }
 
+/* The sub-sampled Hessian (--hessian-sample): the Hessians of an iteration come from the rows
+ * of a sample of fraction hess_frac (one seed: the samples of growing fractions are nested, and
+ * the same on any rank count and on a restart, where hess_frac is the saved one). */
+static int set_sample(lm_state *s)
+{
+  if (s->o->hessian_sample >= 1) return AR_OK;
+  return ar_eval_set_hessian_sample(s->step->ev, s->st.hess_frac, 1, NULL);
+}
+
+/* Sub-sampled Newton keeps its local rate only with a sample that grows near the solution: at
+ * the start of an iteration, double the fraction if the last step was rejected, or if its model
+ * was trusted (rho > 0.75: the local phase) and |g|, already below |g0|, fell less than fourfold
+ * (the sampled Hessian's error now rules the rate). */
+static int grow_sample(lm_state *s)
+{
+  ar_solver_state *st = &s->st;
+  const int local = st->rho > 0.75 && s->gnorm < st->g0norm;
+  if (st->iter > 1 && st->hess_frac < 1 && (!st->accepted || (local && st->contraction > 0.25)))
+    st->hess_frac = st->hess_frac * 2 < 1 ? st->hess_frac * 2 : 1;
+  return set_sample(s);
+}
+
 static int record(lm_state *s)
 {
   const ar_solver_state *st = &s->st;
@@ -300,7 +325,7 @@ static int record(lm_state *s)
   ar_iter_info it = {.iter = iter, .loss = s->f, .rel_loss = s->f / s->bnorm2, .grad_norm = s->gnorm, .mu = st->mu,
                      .rho = st->rho, .step_norm = st->step_norm, .seconds = ar_wtime() - s->t_start,
                      .accepted = st->accepted, .hessian = s->step_kind, .chord = s->chord,
-                     .cg_iters = s->cg_iters};
+                     .cg_iters = s->cg_iters, .hessian_sample = st->hess_frac};
   if (iter == 0) it.rho = it.step_norm = 0, it.accepted = 1;
   ar_iter_info *h = realloc(r->history, sizeof *h * (iter + 1));
   AR_CALL(ar_error_agree(s->p->comm, h ? AR_OK : AR_ERROR(AR_ERR_MEM, "out of memory for the history")));
@@ -336,6 +361,7 @@ static int resume(lm_state *s, const ar_solver_state *r)
   st->z = z, st->zf = zf, st->history = NULL;
   memcpy(st->z, r->z, sizeof(double) * s->D);
   memcpy(st->zf, r->zf, sizeof(double) * s->D);
+  AR_CALL(set_sample(s));
   if (r->h_fresh) {
     AR_CALL(evaluate_point(s, r->h_kind));
   } else {
@@ -366,6 +392,8 @@ static int start(lm_state *s)
   if (s->o->resume) return resume(s, s->o->resume);
   if (s->o->method == AR_METHOD_ALTERNATING)
     AR_CALL(ar_solve_least_squares_y(s->step->ev, s->st.z, s->st.z + s->dd));
+  s->st.hess_frac = s->o->hessian_sample;
+  AR_CALL(set_sample(s));
   AR_CALL(evaluate_point(s, s->st.hk_next));
   s->st.g0norm = s->gnorm;
   s->step_kind = s->st.h_kind;
@@ -387,6 +415,7 @@ static int solve_loop(lm_state *s)
     s->cg_iters = 0;
     s->t_iter_start = ar_wtime();
     if (ar_fault("signal")) raise(SIGUSR1); /* test hook: a signal at this iteration boundary */
+    AR_CALL(grow_sample(s));
     AR_CALL(compute_step(s));
     if (s->st.mu > s->o->mu_max) s->st.accepted = 0;
     else AR_CALL(try_step(s));
@@ -422,6 +451,9 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   int err = ls == AR_LINSOLVE_CG ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, 0, res, &s.step)
                                  : ar_stepper_dense_create(ev, grid, s.N, o->nb, o->shift, res, &s.step);
   res->linear_solver = ls;
+  if (!err && o->hessian_sample < 1 && ls == AR_LINSOLVE_CG)
+    err = AR_ERROR(AR_ERR_USAGE, "--hessian-sample %g: for the dense step only (the matrix-free step runs)",
+                   o->hessian_sample);
   s.st.z = calloc(s.D, sizeof(double)), s.st.zf = calloc(s.D, sizeof(double));
   s.zt = calloc(s.D, sizeof(double)), s.g = calloc(s.D, sizeof(double));
   s.dz = calloc(s.D, sizeof(double)), s.gt = calloc(s.D, sizeof(double));

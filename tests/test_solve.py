@@ -138,6 +138,55 @@ class HardStarts(unittest.TestCase):
         self.assertNotEqual(s["reason"], "DIVERGED_NAN")
 
 
+class SubSampledHessian(unittest.TestCase):
+    """--hessian-sample F: the dense step's Hessians from a growing uniform sample of the rows."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.data = planted("hs", n=2048, d=6, m=4, seed=8, start_noise=0.3)
+
+    def solve(self, np_, out, *extra):
+        run(np_, "solve", "--data", self.data, "--x0", self.data + "/X0.npy", "--linear-solver", "cholesky",
+            "--out", out, "--quiet", *extra)
+        return summary(out + "/summary.json"), history(out + "/history.csv")
+
+    def test_converges_and_grows(self):
+        """From a sample of 1/8 the solve reaches the full solve's answer; the sample grows to every
+        row (history.csv's hessian_sample), the iterates do not depend on the rank count, and a
+        restart continues exactly."""
+        s, h = self.solve(2, TMP + "/hs-8", "--hessian-sample", 0.125)
+        self.assertTrue(s["converged"], s["reason"])
+        self.assertLessEqual(s["rel_loss"], 1e-20)
+        f = np.array(h["hessian_sample"])
+        self.assertEqual(f[0], 0.125)
+        self.assertEqual(f[-1], 1.0)
+        self.assertTrue(np.all(np.diff(f) >= 0))
+        full, _ = self.solve(2, TMP + "/hs-full")
+        X, Xf = np.load(TMP + "/hs-8/X.npy"), np.load(TMP + "/hs-full/X.npy")
+        self.assertLessEqual(np.abs(X - Xf).max(), 1e-8 * np.abs(Xf).max())
+        s3, h3 = self.solve(3, TMP + "/hs-8-3", "--hessian-sample", 0.125)
+        self.assertEqual(s3["iterations"], s["iterations"])
+        self.assertLessEqual(np.abs(np.array(h3["grad_norm"]) - np.array(h["grad_norm"])).max(),
+                             1e-8 * max(h["grad_norm"]))
+        ck = TMP + "/hs.ckpt"
+        self.solve(2, TMP + "/hs-a", "--hessian-sample", 0.125, "--checkpoint", ck, "--checkpoint-every", 2,
+                   "--max-iter", 2)
+        run(2, "solve", "--data", self.data, "--restart", ck, "--linear-solver", "cholesky", "--hessian-sample", 0.125,
+            "--out", TMP + "/hs-b", "--quiet")
+        self.assertLessEqual(np.abs(np.load(TMP + "/hs-b/X.npy") - X).max(), 1e-12 * np.abs(X).max())
+        p = run(2, "solve", "--data", self.data, "--restart", ck, "--linear-solver", "cholesky", "--out",
+                TMP + "/hs-c", "--quiet", check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--hessian-sample", p.stderr)
+
+    def test_refusals(self):
+        for extra, msg in ((["--hessian-sample", 0], "must be in (0, 1]"), (["--hessian-sample", 1.5], "(0, 1]"),
+                           (["--hessian-sample", 0.5, "--linear-solver", "cg"], "for the dense step only")):
+            p = run(2, "solve", "--data", self.data, "--out", TMP + "/hs-bad", "--quiet", *extra, check=False)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(msg, p.stderr)
+
+
 class Termination(unittest.TestCase):
     """Every termination reason fires, and in the documented order: each run below also meets the
     condition of the reason after it (shown by the next run), so the earlier reason must win."""

@@ -39,8 +39,8 @@
   X(int, method, "--method", ar_method_name, (J)->so.method)                                   \
   X(int, hessian, "--hessian", ar_hessian_name, (J)->so.hessian)                               \
   X(int, chord_steps, "--chord-steps", NULL, (J)->so.chord_steps)                              \
-  X(int, linear_solver, "--linear-solver", ar_linear_solver_name, (J)->so.linear_solver)       \
   X(double, hessian_sample, "--hessian-sample", NULL, (J)->so.hessian_sample)                  \
+  X(int, linear_solver, "--linear-solver", ar_linear_solver_name, (J)->so.linear_solver)       \
   X(int, whiten, "--whiten", ar_ckpt_on_off, (J)->white != NULL)                               \
   X(int, shift, "--shift", ar_shift_name, (J)->so.shift)                                       \
   X(double, lambda_x, "--lambda-x", NULL, (J)->cfg->c.eval.lambda_x)                           \

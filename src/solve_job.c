@@ -305,12 +305,12 @@ static int write_history(ar_out *out, const ar_iter_info *history, int nhist)
 {
   FILE *f = ar_out_fopen(out, "history.csv");
   AR_CHECK(f, AR_ERR_IO, "%s", ar_error_message());
-  fputs("iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,cg_iters,hessian,step,hessian_sample\n", f);
+  fputs("iter,loss,rel_loss,grad_norm,mu,rho,step_norm,seconds,accepted,cg_iters,hessian_sample,hessian,step\n", f);
   for (int i = 0; i < nhist; i++) {
     const ar_iter_info *h = &history[i];
-    fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d,%d,%s,%s,%.6g\n", h->iter, h->loss, h->rel_loss,
-            h->grad_norm, h->mu, h->rho, h->step_norm, h->seconds, h->accepted, h->cg_iters, hessian_text(h->hessian),
-            h->iter == 0 ? "start" : h->chord ? "chord" : "newton", h->hessian_sample);
+    fprintf(f, "%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.6f,%d,%d,%.6g,%s,%s\n", h->iter, h->loss, h->rel_loss,
+            h->grad_norm, h->mu, h->rho, h->step_norm, h->seconds, h->accepted, h->cg_iters, h->hessian_sample,
+            hessian_text(h->hessian), h->iter == 0 ? "start" : h->chord ? "chord" : "newton");
   }
   AR_CHECK(fclose(f) == 0, AR_ERR_IO, "%s/history.csv: write failed", out->dir);
   return AR_OK;

@@ -48,7 +48,7 @@
 
 /* Multi-start: the options that decide which starts run and how (also AR_ERR_USAGE). */
 #define AR_CKPT_ENSEMBLE_FIELDS(X, J)                                                          \
-  X(int, starts, "--starts", NULL, (J)->cfg->starts)                                           \
+  X(int, starts, "--starts", NULL, AR_STARTS_K((J)->cfg))  /* auto: its --max-starts */     \
   X(int, round, "round size", ar_ckpt_hidden, AR_MULTISTART_ROUND)                                       \
   X(int, strategy, "--strategy", ar_strategy_name, (J)->cfg->strategy)                         \
   X(int, no_race, "--no-race", ar_ckpt_on_off, (J)->cfg->no_race)                              \

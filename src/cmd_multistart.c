@@ -10,6 +10,14 @@
  * rank count or R.  A checkpoint holds the finished rounds (checkpoint.c, kind multi-start); a
  * round a signal cut short is redone on --restart, and its results are not used before.
  *
+ * --starts auto (K = --max-starts rows): before each round, stop if the best start is an exact fit
+ * (converged, rel. loss <= AUTO_EXACT), or if its minimum was reached by AUTO_HITS converged
+ * starts (final losses equal to AUTO_SAME relative; raced starts do not count) and the last
+ * AUTO_QUIET starts found nothing better.  The rule reads finished rounds only, so it is
+ * rank-count independent.  (Boender & Rinnooy Kan's Bayesian rule, w (N-1)/(N-w-2) < w + 1/2
+ * for w minima among N starts, was tried first: attention landscapes with noise keep showing
+ * rare shallow minima, and it never stopped before 128 starts on the problems measured.)
+ *
  * Strategies (per start k >= 1; start 0 is the user's start):
  *   starts  X0 entries N(0, scale^2) in the user's variables, Y0 by least squares
  *   norm    X0 on a sphere whose radius gives attention logits of a given spread (1..8), its
@@ -28,6 +36,10 @@
 
 #define ROUND AR_MULTISTART_ROUND /* starts per round: racing sees only earlier rounds */
 #define NORM_ITERS 30             /* fixed-norm search steps before Newton */
+#define AUTO_EXACT 1e-10          /* --starts auto: a relative loss that no start can beat by much */
+#define AUTO_SAME 1e-6            /* --starts auto: final losses this close (relative): one minimum */
+#define AUTO_HITS 3               /* --starts auto: starts that reached the best minimum */
+#define AUTO_QUIET (2 * ROUND)    /* --starts auto: starts since the best was first found */
 
 /* A start's row is only doubles: a round's rows are one allreduce. */
 #define AR_START_COUNT(type, name) +1
@@ -77,6 +89,8 @@ typedef struct {
   ar_start_row *rows;      /* K rows, global after each round */
   slot slots[ROUND];
   double norm_a1, norm_a2; /* ||A1||_F, ||A2||_F of the problem solved */
+  int run_k;               /* starts of the rounds run (K unless --starts auto stopped early) */
+  char why[160];           /* --starts auto: why it stopped */
 } ensemble;
 
 static int strategy_of(const ensemble *e, int k)
@@ -185,6 +199,31 @@ static int end_round(ensemble *e, int k0, int k1)
   return AR_OK;
 }
 
+/* --starts auto, on every rank (rows are global): 1 if the starts before k_end are enough, with
+ * the reason in e->why. */
+static int auto_enough(ensemble *e, int k_end)
+{
+  if (e->s->starts || e->best_k < 0) return 0;
+  const ar_start_row *b = &e->rows[e->best_k];
+  if (ar_reason_converged((ar_reason)b->reason) && b->rel_loss <= AUTO_EXACT) {
+    snprintf(e->why, sizeof e->why, "an exact fit (start %d, rel_loss %.2e <= %.0e)", e->best_k, b->rel_loss,
+             AUTO_EXACT);
+    return 1;
+  }
+  /* the best minimum: its first start, and the converged starts that reached it */
+  const double floor = 1e-20 * ar_problem_bnorm2(e->j.prob), tol = AUTO_SAME * fabs(b->loss) + floor;
+  int hits = 0, first = -1;
+  for (int k = 0; k < k_end; k++) {
+    const ar_start_row *r = &e->rows[k];
+    if (r->done > 0 && !r->stopped_early && ar_reason_converged((ar_reason)r->reason) && fabs(r->loss - b->loss) <= tol)
+      hits++, first = first < 0 ? k : first;
+  }
+  if (hits < AUTO_HITS || k_end - first <= AUTO_QUIET) return 0;
+  snprintf(e->why, sizeof e->why, "the best minimum reached by %d starts, none better in the %d since start %d", hits,
+           k_end - first - 1, first);
+  return 1;
+}
+
 /* Collective (world): the checkpoint of the rounds before `rounds_done`. */
 static int save(ensemble *e, int rounds_done)
 {
@@ -220,8 +259,10 @@ static int rounds(ensemble *e, int first)
 {
   const int nrounds = (e->K + ROUND - 1) / ROUND;
   int err = AR_OK;
+  e->run_k = first * ROUND < e->K ? first * ROUND : e->K;
   for (int b = first; b < nrounds && !err; b++) {
     const int k0 = b * ROUND, k1 = k0 + ROUND < e->K ? k0 + ROUND : e->K;
+    if (b > 0 && auto_enough(e, k0)) break; /* (also right after a --restart) */
     memset(&e->rows[k0], 0, sizeof(ar_start_row) * (k1 - k0)); /* a redone round starts clean */
     for (int k = k0; k < k1 && !err; k++) {
       if ((k - k0) % e->ngroups != e->gid) continue;
@@ -243,8 +284,9 @@ static int rounds(ensemble *e, int first)
       printf(", %.1f s\n", ar_wtime() - e->j.t0);
       fflush(stdout);
     }
-    const int saved = sig ? b : b + 1;
-    if (!err && e->s->checkpoint && (sig || e->s->so.checkpoint_every > 0 || b + 1 == nrounds)) err = save(e, saved);
+    const int saved = sig ? b : b + 1, last = b + 1 == nrounds || (!sig && !err && auto_enough(e, k1));
+    if (!sig) e->run_k = k1;
+    if (!err && e->s->checkpoint && (sig || e->s->so.checkpoint_every > 0 || last)) err = save(e, saved);
     if (!err && sig)
       err = AR_ERROR(AR_ERR_INTERRUPTED, "multi-start stopped by a signal after %d of %d starts%s%s", saved * ROUND,
                      e->K, e->s->checkpoint ? "; checkpoint written to " : "; no --checkpoint given",
@@ -252,6 +294,7 @@ static int rounds(ensemble *e, int first)
   }
   if (!err && e->best_k < 0)
     err = AR_ERROR(AR_ERR_NUMERIC, "multi-start: no start reached a finite loss");
+  if (!err && !e->s->starts && !e->why[0]) snprintf(e->why, sizeof e->why, "--max-starts %d reached", e->K);
   return err;
 }
 
@@ -295,7 +338,8 @@ static int write_starts(ensemble *e, ar_report_multistart *ms)
 static int write_results(ensemble *e)
 {
   const ar_start_row *b = &e->rows[e->best_k];
-  ar_report_multistart ms = {.starts = e->K, .ranks_per_start = e->R, .groups = e->ngroups, .racing = !e->s->no_race,
+  ar_report_multistart ms = {.starts = e->run_k, .max_starts = e->s->starts ? 0 : e->K,
+                             .auto_stop = e->s->starts ? NULL : e->why, .ranks_per_start = e->R, .groups = e->ngroups, .racing = !e->s->no_race,
                              .best_start = e->best_k, .strategy = ar_strategy_name(e->s->strategy)};
   double gn_user = 0;
   if (e->j.white) AR_CALL(ar_job_grad_norm_user(&e->j, e->bestX, e->bestY, NULL, &gn_user));
@@ -344,14 +388,20 @@ static int run(ensemble *e)
   AR_CALL_AGREE(e->world, ar_problem_input_norms(e->j.prob, &e->norm_a1, &e->norm_a2));
   if (e->j.have_restart) AR_CALL(restore(e, &first));
   if (e->wrank == 0 && !e->s->c.quiet)
-    printf("attnreg %s solve: %d starts (%s%s) in %d groups of %d ranks, n=%lld d=%d m=%d%s\n", ATTNREG_VERSION, e->K,
+    printf("attnreg %s solve: %s%d starts (%s%s) in %d groups of %d ranks, n=%lld d=%d m=%d%s\n", ATTNREG_VERSION,
+           e->s->starts ? "" : "auto, at most ", e->K,
            ar_strategy_name(e->s->strategy), e->s->no_race ? ", no racing" : ", racing", e->ngroups, e->R,
            (long long)e->j.n, e->j.d, e->j.m, first ? " (restarted)" : "");
   AR_CALL(rounds(e, first));
   AR_CALL(write_results(e));
   if (e->wrank == 0 && !e->s->c.quiet) {
     const ar_start_row *r = &e->rows[e->best_k];
-    printf("best of %d starts: start %d, loss %.10e rel_loss %.3e |grad| %.3e (%s)\n", e->K, e->best_k, r->loss,
+    int its = 0;
+    for (int k = 0; k < e->run_k; k++) its += e->rows[k].done > 0 ? (int)e->rows[k].iterations : 0;
+    if (!e->s->starts)
+      printf("starts auto: %d of at most %d starts, %d iterations, %.1f s; stopped: %s\n", e->run_k, e->K, its,
+             ar_wtime() - e->j.t0, e->why);
+    printf("best of %d starts: start %d, loss %.10e rel_loss %.3e |grad| %.3e (%s)\n", e->run_k, e->best_k, r->loss,
            r->rel_loss, r->grad_norm, ar_reason_name((ar_reason)r->reason));
   }
   return AR_OK;
@@ -359,7 +409,7 @@ static int run(ensemble *e)
 
 int ar_multistart(MPI_Comm world, solve_cfg *s, const ar_option *opts, int nopts)
 {
-  ensemble e = {.world = world, .group = MPI_COMM_NULL, .s = s, .K = s->starts, .R = s->ranks_per_start,
+  ensemble e = {.world = world, .group = MPI_COMM_NULL, .s = s, .K = AR_STARTS_K(s), .R = s->ranks_per_start,
                 .best_k = -1};
   MPI_Comm_rank(world, &e.wrank);
   MPI_Comm_size(world, &e.wsize);

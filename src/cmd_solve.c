@@ -57,7 +57,11 @@ static int option_table(solve_cfg *s, ar_option *opts)
       {"checkpoint-every", AR_OPT_INT, &so->checkpoint_every, "checkpoint period in iterations (0: only on a signal)",
        "0"},
       {"restart", AR_OPT_STRING, &s->restart, "continue from this checkpoint (same data and method)"},
-      {"starts", AR_OPT_INT, &s->starts, "multi-start: solve from K starts, keep the best (start 0: --x0)", "1", 1},
+      {"starts", AR_OPT_INT, &s->starts,
+       "multi-start: solve from K starts, keep the best (start 0: --x0); auto: rounds of 8 until an exact fit, or "
+       "until 3 starts reached the best minimum and the 16 since it was first found did no better, or --max-starts",
+       NULL, 1, 0, "auto"},
+      {"max-starts", AR_OPT_INT, &s->max_starts, "multi-start: --starts auto runs at most this many starts", NULL, 1},
       {"strategy", AR_OPT_CHOICE, &s->strategy,
        "multi-start: random starts, fixed-norm search then Newton, basin hopping from the best, or a mix", NULL, 0, 0,
        "starts|norm|hop|portfolio", ar_strategy_name},
@@ -175,7 +179,7 @@ static int run(solve_job *j, ar_solve_result *r)
 
 int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
 {
-  solve_cfg s = {.starts = 1, .start_scale = 1.0, .start_seed = 1, .ranks_per_start = 1};
+  solve_cfg s = {.starts = 1, .max_starts = 128, .start_scale = 1.0, .start_seed = 1, .ranks_per_start = 1};
   ar_common_cfg_default(&s.c);
   ar_solver_options_default(&s.so);
   ar_option opts[SOLVE_MAX_OPTS];
@@ -193,7 +197,7 @@ int ar_cmd_solve(MPI_Comm comm, int argc, char **argv)
            "--whiten on: the ridge terms --lambda-x/--lambda-y are not invariant under the change of variables; use "
            "--whiten off with ridge weights");
   if (s.whiten == WHITEN_AUTO && ridge) s.whiten = WHITEN_OFF;
-  if (s.starts > 1) return ar_multistart(comm, &s, opts, nopts);
+  if (s.starts != 1) return ar_multistart(comm, &s, opts, nopts); /* K > 1 or auto (0) */
   solve_job j;
   ar_solve_result r = {0};
   static const char *const files[] = {"X.npy", "Y.npy", "history.csv", "summary.json"};

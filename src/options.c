@@ -42,10 +42,13 @@ static int set_value(const ar_option *o, const char *v)
     *(const char **)o->dest = v;
     return AR_OK;
   case AR_OPT_INT:
+    if (o->choices && !strcmp(v, o->choices)) return *(int *)o->dest = 0, AR_OK;
+    /* fall through */
   case AR_OPT_INT64: {
     errno = 0;
     long long x = strtoll(v, &end, 10);
-    AR_CHECK(*v && !*end && !errno, AR_ERR_USAGE, "--%s: expected an integer, got '%s'", o->name, v);
+    AR_CHECK(*v && !*end && !errno, AR_ERR_USAGE, "--%s: expected an integer%s%s, got '%s'", o->name,
+             o->kind == AR_OPT_INT && o->choices ? " or " : "", o->kind == AR_OPT_INT && o->choices ? o->choices : "", v);
     AR_CHECK(x >= o->min, AR_ERR_USAGE, "--%s: must be >= %.0f, got %s", o->name, o->min, v);
     AR_CHECK(o->kind == AR_OPT_INT64 || x <= 2147483647LL, AR_ERR_USAGE, "--%s: %s is too large", o->name, v);
     if (o->kind == AR_OPT_INT) *(int *)o->dest = (int)x;
@@ -116,7 +119,10 @@ static void format_value(const ar_option *o, char *buf, size_t cap)
     snprintf(buf, cap, "%s", s ? s : "");
     break;
   }
-  case AR_OPT_INT: snprintf(buf, cap, "%d", *(int *)o->dest); break;
+  case AR_OPT_INT:
+    if (o->choices && *(int *)o->dest == 0) snprintf(buf, cap, "%s", o->choices);
+    else snprintf(buf, cap, "%d", *(int *)o->dest);
+    break;
   case AR_OPT_INT64: snprintf(buf, cap, "%lld", (long long)*(int64_t *)o->dest); break;
   case AR_OPT_DOUBLE: snprintf(buf, cap, "%.17g", *(double *)o->dest); break;
   case AR_OPT_CHOICE: {
@@ -187,7 +193,8 @@ void ar_options_write_json(FILE *f, const ar_option *opts, int nopts, const char
   char buf[4200];
   for (int i = 0; i < nopts; i++) {
     format_value(&opts[i], buf, sizeof buf);
-    int numeric = opts[i].kind == AR_OPT_INT || opts[i].kind == AR_OPT_INT64 || opts[i].kind == AR_OPT_DOUBLE;
+    int numeric = opts[i].kind == AR_OPT_INT64 || opts[i].kind == AR_OPT_DOUBLE ||
+                  (opts[i].kind == AR_OPT_INT && !(opts[i].choices && *(int *)opts[i].dest == 0));
     int boolean = opts[i].kind == AR_OPT_FLAG;
     fprintf(f, "%s\"%s\": ", indent, opts[i].name);
     if (numeric || boolean) fprintf(f, "%s", buf);

@@ -30,7 +30,8 @@ typedef struct {
   const char *unset;   /* how --help shows a default of 0 / NULL ("auto", "zeros", ...); NULL: none */
   double min;          /* INT, INT64, DOUBLE: smallest value accepted */
   int strict;          /* DOUBLE: the value must be > min (not >=) */
-  const char *choices; /* CHOICE: the accepted names, "auto|exact|gauss-newton" */
+  const char *choices; /* CHOICE: the accepted names, "auto|exact|gauss-newton"; INT: a word that
+                        * also stands for 0 ("auto"), shown for 0 */
   const char *(*name_of)(int); /* CHOICE: the enum's names (an X-macro's; NULL past the last) */
 } ar_option;
 

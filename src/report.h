@@ -20,6 +20,8 @@
 /* What a multi-start run adds (cmd_multistart.c fills it). */
 typedef struct {
   int starts, ranks_per_start, groups, racing, best_start;
+  int max_starts;            /* --starts auto: its cap (else 0) */
+  const char *auto_stop;     /* --starts auto: why it stopped (else NULL) */
   const char *strategy;
   int iterations_total, stopped_early;
   int ndone;                 /* starts finished */
@@ -71,6 +73,8 @@ typedef struct {
   X(OBJECT, layout, ar_report_layout, 1)                                                             \
   X(OBJECT, work, ar_report_work, (R)->has_work)                                                     \
   X(INT, starts, (R)->ms->starts, (R)->ms)                                                           \
+  X(INT, max_starts, (R)->ms->max_starts, (R)->ms && (R)->ms->auto_stop)                             \
+  X(STRING, starts_auto_stop, (R)->ms->auto_stop, (R)->ms && (R)->ms->auto_stop)                      \
   X(INT, ranks_per_start, (R)->ms->ranks_per_start, (R)->ms)                                         \
   X(INT, groups, (R)->ms->groups, (R)->ms)                                                           \
   X(STRING, strategy, (R)->ms->strategy, (R)->ms)                                                    \

@@ -26,6 +26,8 @@ enum { AR_STRATEGY_MAP(AR_SOLVE_CLI_ENUM) };
 /* Not collective: the names (NULL past the last); solve_job.c. */
 const char *ar_whiten_name(int w);
 const char *ar_strategy_name(int k);
+/* The starts a multi-start run makes room for: --starts K, or --max-starts with --starts auto. */
+#define AR_STARTS_K(s) ((s)->starts ? (s)->starts : (s)->max_starts)
 
 /* The command line: the data/layout options, the solver's options (defaults from
  * ar_solver_options_default), and what only the command has. */
@@ -36,7 +38,8 @@ typedef struct {
   double mem_per_rank;
   int whiten;               /* WHITEN_AUTO, _ON, _OFF */
   /* multi-start (cmd_multistart.c) */
-  int starts, ranks_per_start, strategy, no_race;
+  int starts;               /* K, or 0: auto (at most max_starts) */
+  int max_starts, ranks_per_start, strategy, no_race;
   int64_t start_seed;
   double start_scale;
 } solve_cfg;

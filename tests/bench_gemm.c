@@ -2,7 +2,8 @@
  * one tile of R query rows makes against a chunk of C keys in an evaluation with the exact
  * Hessian over a ring (src/eval.c: forward and backward trip), and for 2048^3 (the machine's
  * DGEMM peak, as scripts/bench-eval measures it).
- * Usage: bench_gemm R C D M [REPS]
+ * Usage: bench_gemm R C D M [REPS] [exact|gauss-newton|none]   (the Hessian of the evaluation;
+ *        without one the forward and backward products carry only A3 and A2: d columns each)
  *   logits   S  = (A1 X)_t A2_c^T        R x C x D, once per trip (twice)
  *   fwd      fwd += exp(S) [A3|A2|R23]_c  R x (2D + D^2) x C
  *   resid    U  = C_t V_c^T              R x C x M
@@ -16,6 +17,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static double now(void)
@@ -53,7 +55,11 @@ int main(int argc, char **argv)
   if (argc < 5) return fprintf(stderr, "usage: bench_gemm R C D M [REPS]\n"), 2;
   const int64_t R = atoll(argv[1]), C = atoll(argv[2]), D = atoll(argv[3]), M = atoll(argv[4]);
   const int reps = argc > 5 ? atoi(argv[5]) : 5;
-  const int64_t lda = 2 * D + D * D, ldb = D + D * (D + 1) / 2;
+  const char *kind = argc > 6 ? argv[6] : "exact";
+  const int hess = strcmp(kind, "none") != 0, exact = strcmp(kind, "exact") == 0;
+  if (hess && !exact && strcmp(kind, "gauss-newton") != 0)
+    return fprintf(stderr, "bench_gemm: unknown Hessian '%s' (exact|gauss-newton|none)\n", kind), 2;
+  const int64_t lda = hess ? 2 * D + D * D : D, ldb = exact ? D + D * (D + 1) / 2 : D;
   struct {
     const char *name;
     int64_t m, n, k;
@@ -62,8 +68,8 @@ int main(int argc, char **argv)
   } g[] = {{"logits", R, C, D, 1, 2, 0.0}, {"fwd", R, lda, C, 0, 1, 1.0}, {"resid", R, C, M, 1, 1, 0.0},
            {"bwd", R, ldb, C, 0, 1, 1.0}};
   const int ng = sizeof g / sizeof g[0];
-  printf("bench_gemm: one tile %lld x chunk %lld, d=%lld m=%lld, exact Hessian, best of %d, one core\n", (long long)R,
-         (long long)C, (long long)D, (long long)M, reps);
+  printf("bench_gemm: one tile %lld x chunk %lld, d=%lld m=%lld, Hessian %s, best of %d, one core\n", (long long)R,
+         (long long)C, (long long)D, (long long)M, kind, reps);
   double fl = 0, tt = 0;
   for (int i = 0; i < ng; i++) {
     const double t = time_gemm(g[i].m, g[i].n, g[i].k, g[i].bt, reps, g[i].beta),

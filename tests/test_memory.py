@@ -58,8 +58,10 @@ class MeasuredScaling(unittest.TestCase):
             np.save(os.path.join(data, "Y.npy"), rng.standard_normal((d, d)))
             for ranks in (1, 2):
                 out = os.path.join(data, "e%d" % ranks)
+                # fixed tiles and chunks: by default one rank fuses the passes at n = 4096 (one chunk of
+                # 4096 keys, its tables 55 MB) and not at 8192 (chunks of 1024), which would hide the growth
                 run(ranks, "eval", "--data", data, "--x", data + "/X.npy", "--y", data + "/Y.npy", "--hessian",
-                    "exact", "--out", out, "--quiet", timeout=1800)
+                    "exact", "--tile", 128, "--chunk", 1024, "--out", out, "--quiet", timeout=1800)
                 rss[n, ranks] = summary(out + "/eval.json")["peak_rss_mb"]["max"]
         grow1 = rss[8192, 1] - rss[4096, 1]
         grow2 = rss[8192, 2] - rss[4096, 2]

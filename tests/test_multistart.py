@@ -7,6 +7,9 @@
     --no-race, with the same best answer;
   * a signal mid-ensemble writes a checkpoint of the finished rounds, and the restart ends with
     the uninterrupted run's result;
+  * --starts auto stops at an exact fit, or when the best minimum was reached by 3 starts and the
+    16 after its first did no better (checked against that rule recomputed from starts.csv), or
+    at --max-starts; a restart from its last checkpoint does not run more;
   * bad configurations are refused with a message.
 """
 import csv
@@ -178,6 +181,56 @@ class MultiStart(unittest.TestCase):
         r = self.solve(2, out, "--starts", 8, "--restart", ck, quiet=False)
         self.assertIn("round 1/1: starts 0-7 done, best start", r.stdout)
         self.assertEqual(len(rows(out)), 8)
+
+    def auto_stop(self, rs, cap):
+        """The starts --starts auto should have run: the rule of cmd_multistart.c recomputed from the
+        rows of whole rounds (racing sees earlier rounds only, so a prefix of rounds is what a run
+        with that many starts would have made)."""
+        for k_end in range(8, cap, 8):
+            done = rs[:k_end]
+            best = min(done, key=lambda r: (float(r["loss"]), int(r["start"])))
+            conv = [r for r in done if r["reason"].startswith("CONVERGED") and r["stopped_early"] == "0"]
+            if best["reason"].startswith("CONVERGED") and float(best["rel_loss"]) <= 1e-10:
+                return k_end, "an exact fit"
+            hit = [int(r["start"]) for r in conv
+                   if abs(float(r["loss"]) - float(best["loss"])) <= 1e-6 * abs(float(best["loss"])) + 1e-300]
+            if len(hit) >= 3 and k_end - hit[0] > 16:
+                return k_end, "the best minimum reached by %d starts" % len(hit)
+        return cap, "--max-starts %d reached" % cap
+
+    def test_starts_auto(self):
+        # an exact fit in round 1 (start 0: generate's X0, near the truth): 8 starts, not 128
+        out = os.path.join(TMP, "auto-exact")
+        p = self.solve(2, out, "--x0", self.data + "/X0.npy", "--starts", "auto", quiet=False)
+        s = summary(out + "/summary.json")
+        self.assertEqual((s["starts"], s["max_starts"], len(rows(out))), (8, 128, 8))
+        self.assertIn("an exact fit", s["starts_auto_stop"])
+        self.assertEqual(s["options"]["starts"], "auto")
+        self.assertIn("starts auto: 8 of at most 128 starts, %d iterations" % s["iterations_total"], p.stdout)
+        # noise in B: no exact fit; the run stops where the rule says, or at the cap
+        noisy = os.path.join(TMP, "noisy")
+        run(2, "generate", "--n", 128, "--d", 2, "--seed", 2, "--noise", 0.1, "--x-scale", 0.5, "--out", noisy, "--quiet")
+        for cap in (128, 16):
+            out = os.path.join(TMP, "auto-noisy-%d" % cap)
+            full = os.path.join(TMP, "noisy-full-%d" % cap)
+            self.solve(2, out, "--starts", "auto", "--max-starts", cap, "--checkpoint", out + ".ckpt", data=noisy)
+            self.solve(2, full, "--starts", cap, data=noisy)
+            s, rs = summary(out + "/summary.json"), rows(out)
+            k, why = self.auto_stop(rows(full), cap)
+            self.assertEqual(s["starts"], k, (s["starts_auto_stop"], why))
+            self.assertIn(why, s["starts_auto_stop"])
+            self.assertEqual(len(rs), k)
+            self.assertEqual([r["iterations"] for r in rs], [r["iterations"] for r in rows(full)[:k]])
+            if cap == 128:  # the rule fires here, so the test sees it, not only the cap
+                self.assertLess(k, cap)
+            # the restart from its last checkpoint stops at once, with the same answer
+            again = os.path.join(TMP, "auto-again-%d" % cap)
+            self.solve(3, again, "--starts", "auto", "--max-starts", cap, "--restart", out + ".ckpt", data=noisy)
+            self.assertEqual(summary(again + "/summary.json")["starts"], k)
+            self.assertEqual(summary(again + "/summary.json")["best_start"], s["best_start"])
+        p = self.solve(2, os.path.join(TMP, "bad"), "--starts", "many", check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--starts: expected an integer or auto, got 'many'", p.stderr)
 
     def test_refusals(self):
         p = self.solve(4, os.path.join(TMP, "bad"), "--starts", 4, "--ranks-per-start", 3, check=False)

@@ -13,7 +13,7 @@ BUILD = sys.argv.pop(1) if len(sys.argv) > 1 else "build"
 
 
 def graph():
-    objs = glob.glob(os.path.join(BUILD, "CMakeFiles", "attnreg*.dir", "src", "*.c.o"))
+    objs = glob.glob(os.path.join(BUILD, "CMakeFiles", "attnreg*.dir", "src", "**", "*.c.o"), recursive=True)
     defs, uses = {}, {}
     for o in objs:
         name = os.path.basename(o)[:-2]

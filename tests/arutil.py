@@ -10,7 +10,7 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 
 
 def run(np_, *args, check=True, timeout=300, fault=None, env=None, cwd=None):
-    """Run attnreg on np_ ranks; returns CompletedProcess (text).  fault: ATTNREG_FAULT (src/fault.h);
+    """Run attnreg on np_ ranks; returns CompletedProcess (text).  fault: ATTNREG_FAULT (src/sys/fault.h);
     env: extra environment variables.  timeout only detects a hang: it is far above any run's time.
     np_ = 0: one rank without mpirun (a singleton MPI process, as a user may start it); Open MPI's
     mpirun adds about 2 s to every run that exits with a non-zero status."""

@@ -1,5 +1,5 @@
 """attnreg blas and the OpenBLAS core shown by solve/eval/plan, scripts/env.sh's choice of
-OPENBLAS_CORETYPE, and the re-execution with the fitting core (src/reexec.h).  Oracles independent
+OPENBLAS_CORETYPE, and the re-execution with the fitting core (src/sys/reexec.h).  Oracles independent
 of attnreg: the CPU's flags from /proc/cpuinfo, the core OpenBLAS itself reports
 (openblas_get_corename through ctypes) and the environment of the rank processes (/proc)."""
 import ctypes

@@ -139,7 +139,7 @@ class NpyFormats(unittest.TestCase):
 
 
 class Progress(unittest.TestCase):
-    """Progress lines (src/progress.c), made to talk at once with ATTNREG_PROGRESS=0,0: on stderr,
+    """Progress lines (src/sys/progress.c), made to talk at once with ATTNREG_PROGRESS=0,0: on stderr,
     naming the unit (the iteration), its time so far and the phase with its share done and the
     time left of that phase; none under --quiet, none on stdout."""
 

@@ -1,4 +1,4 @@
-/* Tests of src/npy.c.  Run as: mpirun -n K test_npy DATADIR   (DATADIR = tests/data/npy, made
+/* Tests of src/io/npy.c.  Run as: mpirun -n K test_npy DATADIR   (DATADIR = tests/data/npy, made
  * by scripts/make-npy-fixtures.py with numpy).  Exits 0 if every check passed on every rank. */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L /* mkdtemp */

@@ -1,7 +1,7 @@
-"""Atomic outputs (src/output.c): "a failed or interrupted run leaves an existing OUT exactly as it
+"""Atomic outputs (src/io/output.c): "a failed or interrupted run leaves an existing OUT exactly as it
 was", checked with an OUT that already holds an earlier result and a user's own files, for every
 way a run can end after set-up: a non-finite start, a signal with and without --checkpoint, and
-faults injected into the commit itself (ATTNREG_FAULT, src/fault.h): a failed rename, a failed
+faults injected into the commit itself (ATTNREG_FAULT, src/sys/fault.h): a failed rename, a failed
 file creation, a rank killed on entry, rank 0 killed just before and just after the swap.  Also the
 fallback commit (file by file, with roll-back) and what a successful commit keeps."""
 import os

@@ -1,4 +1,4 @@
-/* The two Newton-step methods behind the seam (src/step.h) give the same step: the dense
+/* The two Newton-step methods behind the seam (src/solver/step.h) give the same step: the dense
  * Cholesky and matrix-free CG (solved tightly) on the same shifted system, for the Gauss-Newton
  * Hessian (positive semidefinite: a convex model) and the exact one with a shift that makes it
  * positive definite, on the reference cases and a whitened one, on this rank count.  And at a

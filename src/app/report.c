@@ -60,17 +60,25 @@ void ar_report_work(FILE *f, const ar_report *R)
           w->step_efficiency, t > 0 ? R->ph[AR_PHASE_RING].max / t : 0.0);
 }
 
-/* blas.c's member, without its name and separator: the object alone. */
+/* The kernels OpenBLAS runs (blas.h): core, threads, instruction sets, OPENBLAS_CORETYPE, the
+ * fitting core when it is not the one running, and the core re-executed from. */
 void ar_report_blas(FILE *f, const ar_report *R)
 {
-  char *s = NULL;
-  size_t len = 0;
-  FILE *m = open_memstream(&s, &len);
-  if (m) ar_blas_json(m, ""), fclose(m);
-  const char *a = s ? strchr(s, '{') : NULL, *b = s ? strrchr(s, '}') : NULL;
-  if (a && b > a) fprintf(f, "%.*s", (int)(b - a + 1), a);
-  else fputs("null", f);
-  free(s);
+  ar_blas_info b;
+  ar_blas_info_get(&b);
+  fputs("{\"core\": ", f);
+  ar_json_string(f, b.core);
+  fprintf(f, ", \"threads\": %d, \"core_isa\": \"%s\", \"cpu_isa\": \"%s\", \"coretype_env\": ", b.threads,
+          ar_isa_name(b.core_isa), ar_isa_name(b.cpu_isa));
+  char from[64] = "";
+  if (b.reexec) snprintf(from, sizeof from, "from %s", b.reexec);
+  const char *v[] = {b.coretype, b.fit, b.reexec ? from : NULL}, *key[] = {"", ", \"fit\": ", ", \"reexec\": "};
+  for (int i = 0; i < 3; i++) {
+    fputs(key[i], f);
+    if (v[i]) ar_json_string(f, v[i]);
+    else fputs("null", f);
+  }
+  fputc('}', f);
 }
 
 void ar_report_quantiles(FILE *f, const ar_report *R)

@@ -10,7 +10,6 @@
 
 #include "error.h"
 #include "fault.h"
-#include "output.h"
 
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 
@@ -247,23 +246,4 @@ void ar_blas_print(FILE *f, const char *prefix)
             b.core, ar_isa_name(b.core_isa), b.coretype ? ", OPENBLAS_CORETYPE=" : "", b.coretype ? b.coretype : "",
             ar_isa_name(b.cpu_isa), b.refused ? "not re-executed, as " : "", b.refused ? b.refused : "",
             b.refused ? "; " : "", b.fit, ar_isa_name(b.cpu_isa));
-}
-
-void ar_blas_json(FILE *f, const char *indent)
-{
-  ar_blas_info b;
-  ar_blas_info_get(&b);
-  fprintf(f, "%s\"blas\": {\"core\": ", indent);
-  ar_json_string(f, b.core);
-  fprintf(f, ", \"threads\": %d, \"core_isa\": \"%s\", \"cpu_isa\": \"%s\", \"coretype_env\": ", b.threads,
-          ar_isa_name(b.core_isa), ar_isa_name(b.cpu_isa));
-  char from[64] = "";
-  if (b.reexec) snprintf(from, sizeof from, "from %s", b.reexec);
-  const char *v[] = {b.coretype, b.fit, b.reexec ? from : NULL}, *key[] = {"", ", \"fit\": ", ", \"reexec\": "};
-  for (int i = 0; i < 3; i++) {
-    fputs(key[i], f);
-    if (v[i]) ar_json_string(f, v[i]);
-    else fputs("null", f);
-  }
-  fputs("},\n", f);
 }

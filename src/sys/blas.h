@@ -56,7 +56,5 @@ double ar_blas_dgemm_gflops(int n, int reps);
  * T thread(s)[ (re-executed from C)]" on f, and on stderr a one-line note when the process
  * re-executed itself, else a one-line warning when info.fit is set, naming it. */
 void ar_blas_print(FILE *f, const char *prefix);
-/* Not collective: the JSON member  "blas": {...},  (with a trailing comma) at indent. */
-void ar_blas_json(FILE *f, const char *indent);
 
 #endif

@@ -1,6 +1,6 @@
 /* Benchmark of DGEMM at the evaluator's shapes (not a test): GFLOP/s on one core for the GEMMs
  * one tile of R query rows makes against a chunk of C keys in an evaluation with the exact
- * Hessian over a ring (src/eval.c: forward and backward trip), and for 2048^3 (the machine's
+ * Hessian over a ring (src/eval/eval.c: forward and backward trip), and for 2048^3 (the machine's
  * DGEMM peak, as scripts/bench-eval measures it).
  * Usage: bench_gemm R C D M [REPS] [exact|gauss-newton|none]   (the Hessian of the evaluation;
  *        without one the forward and backward products carry only A3 and A2: d columns each)

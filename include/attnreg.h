@@ -289,6 +289,12 @@ int ar_eval_hessvec(ar_eval ev, const double *X, const double *Y, ar_hessian_kin
 int ar_eval_precond(ar_eval ev, const double *X, const double *Y, double *G1, double *Nbar, double *PtP,
                     double *flops);
 
+/* Collective: the Gauss-Newton Jacobian of this rank's rows at (X, Y), in pieces (docs/math.md
+ * §10): the row j of the output depends on X through M_j (d x m) and on Y through p_j, so
+ * J_j = [a1_j^T (x) M_j^T | p_j^T (x) I_m].  P (nloc x d), M (nloc x d x m) and the residual
+ * C = P Y - B (nloc x m), local rows in the problem's order.  One trip F [A2 | A2 (x) V]. */
+int ar_eval_gn_rows(ar_eval ev, const double *X, const double *Y, double *P, double *M, double *C, double *flops);
+
 /* Collective: P^T P (d x d) and P^T B (d x m) at X, for the least-squares Y step (docs/math.md §5). */
 int ar_eval_normal_equations(ar_eval ev, const double *X, double *PtP, double *PtB);
 
@@ -334,11 +340,13 @@ typedef enum {
 const char *ar_method_name(int method);     /* not collective: "joint", ...; NULL if not a method */
 
 /* Linear solvers of the Newton step (stored in checkpoints): the dense Cholesky of the
- * assembled Hessian, matrix-free conjugate gradients, or the cheaper by the plan's model. */
+ * assembled Hessian, matrix-free conjugate gradients, the cheaper by the plan's model, or the
+ * row-space Gauss-Newton step (n m < D: a Cholesky of J J^T, n m x n m). */
 #define AR_LINSOLVE_MAP(X)                 \
   X(AR_LINSOLVE_CHOLESKY, 0, "cholesky")   \
   X(AR_LINSOLVE_CG, 1, "cg")               \
-  X(AR_LINSOLVE_AUTO, 2, "auto")
+  X(AR_LINSOLVE_AUTO, 2, "auto")          \
+  X(AR_LINSOLVE_ROWS, 3, "rows")
 
 typedef enum {
 #define AR_LINSOLVE_ENUM(name, value, text) name = value,
@@ -513,14 +521,15 @@ typedef struct {
 
 /* Not collective.  pr = pc = 0: default grid; nb <= 0: default block size; tile <= 0: from
  * tile_mem_mb (as ar_eval_create chooses it); ls: the linear solver (AUTO: resolved by
- * ar_plan_linear_solver without a memory budget). */
+ * ar_plan_linear_solver without a memory budget); with ROWS, nb is J J^T's block size. */
 int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
                     double tile_mem_mb, ar_hessian_kind hk, int ls, const ar_mask *mask, ar_plan *plan);
-/* Not collective: what --linear-solver auto picks: the dense Cholesky when it fits the budget
- * (bytes per rank; <= 0: no limit) and its Hessian and factorisation cost no more flops per
- * Newton iteration than the matrix-free step's model; otherwise CG (if it fits). */
+/* Not collective: what --linear-solver auto picks: with rows_ok (the joint method, no ridge, not
+ * --hessian exact) and n m < D the row-space step when it fits the budget (bytes per rank; <= 0:
+ * no limit); else the dense Cholesky when it fits and its Hessian and factorisation cost no more
+ * flops per Newton iteration than the matrix-free step's model; otherwise CG (if it fits). */
 int ar_plan_linear_solver(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
-                          double tile_mem_mb, ar_hessian_kind hk, double budget, const ar_mask *mask);
+                          double tile_mem_mb, ar_hessian_kind hk, double budget, const ar_mask *mask, int rows_ok);
 /* Not collective: the query rows per tile and key rows per chunk that ar_eval_create uses. */
 void ar_plan_tiles(int64_t n, int d, int m, int ranks, int64_t tile, int64_t chunk, double tile_mem_mb,
                    int64_t *rows, int64_t *chunk_rows);

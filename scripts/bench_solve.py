@@ -128,11 +128,13 @@ def main():
 
     def torch_run(env_extra):
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **env_extra)
+        t0 = time.perf_counter()
         p = subprocess.run([sys.executable, __file__, "--torch-child", data, "--threads", str(args.threads),
                             "--torch-limit", str(args.torch_limit)], env=env, check=True, capture_output=True,
                            text=True)
+        wall = time.perf_counter() - t0  # the child stops once it has seen 1e-10
         r = json.loads(p.stdout.strip().splitlines()[-1])
-        return r["evals"], {t: r.get(str(t), float("nan")) for t in TARGETS}, r["core"]
+        return r["evals"], {t: r.get(str(t), float("nan")) for t in TARGETS}, r["core"], wall
 
     median = lambda xs: statistics.median(xs)  # noqa: E731
     runs = {"default (--hessian auto)": [], "--hessian exact": ["--hessian", "exact"],
@@ -149,16 +151,20 @@ def main():
     theirs = {}
     for name, env in torch_cfgs.items():
         reps = [torch_run(env) for _ in range(args.reps)]
-        theirs[name] = (reps[0][0], {t: median([r[1][t] for r in reps]) for t in TARGETS}, reps[0][2])
+        theirs[name] = (reps[0][0], {t: median([r[1][t] for r in reps]) for t in TARGETS}, reps[0][2],
+                        median([r[3] for r in reps]))
 
     print("bench-solve: planted n=%d d=%d m=%d, start X_true + 0.3 N(0,1), %d thread(s) each, median of %d runs"
           % (args.n, args.d, args.d, args.threads, args.reps))
     print("  BLAS: %s (1 thread, 2048^3)" % blas_note)
-    for name, (evals, hits, core) in theirs.items():
+    for name, (evals, hits, core, wall) in theirs.items():
         print("  PyTorch L-BFGS (strong Wolfe, history 20), %s: %d loss+gradient evaluations; to 1e-8 %.3f s, "
-              "to 1e-10 %.3f s (OpenBLAS core %s)" % (name, evals, hits[1e-8], hits[1e-10], core))
+              "to 1e-10 %.3f s; whole process (python, import torch, load, solve to 1e-10) %.3f s (OpenBLAS core %s)"
+              % (name, evals, hits[1e-8], hits[1e-10], wall, core))
     for name, (its, final, wall, hits) in ours.items():
-        print("  attnreg solve %s: %d iterations, final rel_loss %.3g, whole process %.3f s" % (name, its, final, wall))
+        whole = ", ".join("%.1fx vs PyTorch %s" % (th[3] / wall, tn) for tn, th in theirs.items())
+        print("  attnreg solve %s: %d iterations, final rel_loss %.3g, whole process (mpirun, load, solve to its end, "
+              "write) %.3f s -> %s" % (name, its, final, wall, whole))
         for t in TARGETS:
             ratios = ", ".join("%.1fx vs PyTorch %s" % (th[1][t] / hits[t], tn) for tn, th in theirs.items())
             print("    to rel_loss %.0e: %.3f s -> %s  [%s]" % (t, hits[t], ratios, blas_note))

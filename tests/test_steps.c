@@ -1,5 +1,6 @@
-/* The two Newton-step methods behind the seam (src/solver/step.h) give the same step: the dense
- * Cholesky and matrix-free CG (solved tightly) on the same shifted system, for the Gauss-Newton
+/* The Newton-step methods behind the seam (src/solver/step.h) give the same step: the dense
+ * Cholesky, matrix-free CG (solved tightly) and, for the Gauss-Newton Hessian, the row-space step
+ * (J^T (J J^T + s/2 I)^{-1} c) on the same shifted system, for the Gauss-Newton
  * Hessian (positive semidefinite: a convex model) and the exact one with a shift that makes it
  * positive definite, on the reference cases and a whitened one, on this rank count.  And at a
  * point where the exact Hessian is indefinite without a shift, CG either reports the system
@@ -56,11 +57,30 @@ static void compare(const char *name, ar_problem prob, const double *z, ar_hessi
            hk == AR_HESS_EXACT ? "exact" : "gauss-newton", rel_shift, e, cg->iters);
   TU_CHECK(fabs(pred2 - pred1) <= 1e-8 * fabs(pred1), "%s: predicted decrease %.17g vs %.17g", name, pred2, pred1);
   TU_CHECK(cg->iters > 0 && dense->iters == 0, "%s: iteration counts %d, %d", name, cg->iters, dense->iters);
+  double erows = 0;
+  if (hk == AR_HESS_GAUSS_NEWTON) { /* the row-space step: J J^T, n m x n m, whatever n m is against D */
+    ar_stepper *rows;
+    double f3, scale3, pred3;
+    TU_OK(ar_stepper_rows_create(ev, g, D, 0, &res, &rows));
+    TU_OK(rows->ops->evaluate(rows, z, hk, &f3, g2));
+    TU_CHECK(f3 == f1 && tu_relerr(g2, g1, D) <= 1e-14, "%s: the row-space step evaluates differently", name);
+    TU_OK(rows->ops->scale(rows, &scale3));
+    TU_CHECK(fabs(scale3 - scale) <= 1e-12 * scale, "%s: mean |diag H| %.17g (rows) vs %.17g", name, scale3, scale);
+    TU_OK(rows->ops->factor(rows, shift, &not_pd));
+    TU_CHECK(!not_pd, "%s: J J^T + shift/2 I is not positive definite", name);
+    TU_OK(rows->ops->solve(rows, g2, dz2, &pred3, &indef));
+    erows = tu_relerr(dz2, dz1, D);
+    TU_CHECK(erows <= 1e-9, "%s shift %.2g: row-space step vs Cholesky step: relative error %.3g", name, rel_shift,
+             erows);
+    TU_CHECK(fabs(pred3 - pred1) <= 1e-9 * fabs(pred1), "%s: rows' predicted decrease %.17g vs %.17g", name, pred3,
+             pred1);
+    ar_stepper_destroy(&rows);
+  }
   int rank;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (rank == 0)
-    printf("  %-28s %-12s shift %.0e: |dz_cg - dz_chol| %.2e, %d CG iterations\n", name,
-           hk == AR_HESS_EXACT ? "exact" : "gauss-newton", rel_shift, e, cg->iters);
+    printf("  %-28s %-12s shift %.0e: |dz_cg - dz_chol| %.2e, %d CG iterations; |dz_rows - dz_chol| %.2e\n", name,
+           hk == AR_HESS_EXACT ? "exact" : "gauss-newton", rel_shift, e, cg->iters, erows);
   free(g1), free(g2), free(dz1), free(dz2);
   ar_stepper_destroy(&dense);
   ar_stepper_destroy(&cg);

@@ -86,6 +86,18 @@ static void auto_reason(const ar_common_cfg *c, int64_t n, int d, int m, int siz
     return;
   }
   const int dense_fits = budget <= 0 || pd.mem_total <= budget;
+  ar_plan pr;
+  if (ls == AR_LINSOLVE_ROWS &&
+      !ar_plan_compute(n, d, m, size, c->grid[0], c->grid[1], c->nb, c->eval.tile, c->eval.chunk, c->eval.tile_mem_mb,
+                       hk, AR_LINSOLVE_ROWS, mask, &pr)) {
+    snprintf(why, cap, "auto chose rows: n m = %lld < D = %d, so the Gauss-Newton Hessian has rank at most n m; the "
+             "row-space step factors J J^T (%lld x %lld): %.0f MB per rank and %.3g GFLOP an iteration (the dense step "
+             "%.0f MB and %.3g GFLOP)", (long long)n * m, d * d + d * m, (long long)n * m, (long long)n * m,
+             pr.mem_total / 1048576, (pr.flops_hessian + pr.flops_cholesky) * 1e-9, pd.mem_total / 1048576,
+             (pd.flops_hessian + pd.flops_cholesky) * 1e-9);
+    return;
+  }
+  ar_error_clear();
   snprintf(why, cap, "auto chose %s: the dense step needs %.0f MB per rank (%s the budget of %.0f MB) and %.3g "
          "GFLOP an iteration for its Hessian and Cholesky; the matrix-free step %.0f MB and %.3g GFLOP (%.0f "
          "Hessian-vector products assumed)",
@@ -93,8 +105,8 @@ static void auto_reason(const ar_common_cfg *c, int64_t n, int d, int m, int siz
          (pd.flops_hessian + pd.flops_cholesky) * 1e-9, pc.mem_total / 1048576, pc.flops_hessian * 1e-9, pc.cg_iters);
 }
 
-int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_rank_gb, int hessian, int *ls,
-                        char *why, size_t cap)
+int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_rank_gb, int hessian, int rows_ok,
+                        int *ls, char *why, size_t cap)
 {
   if (why && cap) why[0] = 0;
   ar_data_paths ps;
@@ -116,7 +128,7 @@ int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *c, double mem_per_ra
   const int hk = hessian == AR_HESS_GAUSS_NEWTON ? AR_HESS_GAUSS_NEWTON : AR_HESS_EXACT;
   if (!err && *ls == AR_LINSOLVE_AUTO) {
     *ls = ar_plan_linear_solver(ha.rows, (int)ha.cols, (int)hb.cols, size, c->grid[0], c->grid[1], c->nb, c->eval.tile,
-                                c->eval.chunk, c->eval.tile_mem_mb, hk, budget, &mask);
+                                c->eval.chunk, c->eval.tile_mem_mb, hk, budget, &mask, rows_ok);
     if (why) auto_reason(c, ha.rows, (int)ha.cols, (int)hb.cols, size, hk, budget, &mask, *ls, why, cap);
   }
   if (!err)
@@ -206,6 +218,7 @@ void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *sou
             p->max_group, p->zigzag ? " (causal segments in zigzag pieces)" : "", p->pairs_total,
             100.0 * p->pairs_total / ((double)p->n * p->n), p->pairs_avg > 0 ? p->pairs_max / p->pairs_avg : 1.0);
   fprintf(f, "memory per rank (largest share), MB:\n");
+  const int rw = p->linear_solver == AR_LINSOLVE_ROWS;
   const struct {
     const char *what;
     double bytes;
@@ -215,22 +228,24 @@ void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *sou
               {"one key chunk's tables", p->mem_chunk},
               {"one tile's work arrays", p->mem_tiles},
               {"Hessian parts (compact, per rank)", p->mem_parts},
-              {"local Hessian share + factor", p->mem_hessian},
+              {rw ? "local J J^T share + factor (n m x n m)" : "local Hessian share + factor", p->mem_hessian},
               {"Hessian assembly panel", p->mem_assembly},
-              {"solver vectors", p->mem_solver},
+              {rw ? "solver vectors, every row's pieces of J" : "solver vectors", p->mem_solver},
               {"runtime baseline (MPI, BLAS)", p->mem_baseline}};
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) fprintf(f, "  %-48s %12.1f\n", rows[i].what, mb(rows[i].bytes));
   fprintf(f, "  %-48s %12.1f   budget %.1f (%s): %s\n", "total", mb(p->mem_total), mb(budget), source,
           p->mem_total <= budget ? "fits" : "DOES NOT FIT");
   fprintf(f, "flops per Newton iteration (whole job, GFLOP), %s step:\n",
-          p->linear_solver == AR_LINSOLVE_CG ? "matrix-free CG" : "dense Cholesky");
+          p->linear_solver == AR_LINSOLVE_CG ? "matrix-free CG" : rw ? "row-space Gauss-Newton" : "dense Cholesky");
   if (p->linear_solver == AR_LINSOLVE_CG)
     fprintf(f, "  loss + gradient %.3f, preconditioner %.3f + %.0f Hessian-vector products x %.3f, trial loss %.3f, "
                "total %.3f\n",
             p->flops_loss_grad * 1e-9, p->flops_precond * 1e-9, p->cg_iters, p->flops_hessvec * 1e-9,
             p->flops_trial * 1e-9, p->flops_total * 1e-9);
   else
-    fprintf(f, "  loss + gradient %.3f, Hessian %.3f, trial loss %.3f, Cholesky + solve %.3f, total %.3f\n",
+    fprintf(f, rw ? "  loss + gradient %.3f, J's pieces and J J^T %.3f, trial loss %.3f, Cholesky of J J^T + solve %.3f, "
+                    "total %.3f\n"
+                  : "  loss + gradient %.3f, Hessian %.3f, trial loss %.3f, Cholesky + solve %.3f, total %.3f\n",
             p->flops_loss_grad * 1e-9, p->flops_hessian * 1e-9, p->flops_trial * 1e-9, p->flops_cholesky * 1e-9,
             p->flops_total * 1e-9);
   fprintf(f, "  per rank %.3f GFLOP\n", p->flops_total / p->ranks * 1e-9);
@@ -239,7 +254,9 @@ void ar_cli_print_plan(FILE *f, const ar_plan *p, double budget, const char *sou
     fprintf(f, "  ring %.3f, allreduce %.3f, Hessian-vector allreduces %.3f, total %.3f\n", mb(p->comm_ring),
             mb(p->comm_allreduce), mb(p->comm_hessian), mb(p->comm_total));
   else
-    fprintf(f, "  ring %.3f, allreduce %.3f, Hessian reduce-scatter %.3f, Cholesky %.3f, total %.3f\n", mb(p->comm_ring),
+    fprintf(f, rw ? "  ring %.3f, allreduce %.3f, allgather of J's pieces %.3f, Cholesky %.3f, total %.3f\n"
+                  : "  ring %.3f, allreduce %.3f, Hessian reduce-scatter %.3f, Cholesky %.3f, total %.3f\n",
+            mb(p->comm_ring),
             mb(p->comm_allreduce), mb(p->comm_hessian), mb(p->comm_cholesky), mb(p->comm_total));
 }
 

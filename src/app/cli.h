@@ -69,9 +69,10 @@ int ar_cli_mask(MPI_Comm comm, const ar_common_cfg *cfg, int64_t n, ar_mask *mas
 int ar_cli_load_problem(MPI_Comm comm, const ar_common_cfg *cfg, ar_problem *prob);
 /* Collective: refuse (AR_ERR_USAGE, with the numbers) a run that plan says cannot fit in the
  * memory budget (ar_cli_memory_budget).  Reads only the headers of A1 and B (and the segments).  *ls: the linear
- * solver; AUTO is resolved here, knowing the budget, and why (if not NULL: cap bytes) says why. */
-int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *cfg, double mem_per_rank_gb, int hessian, int *ls,
-                        char *why, size_t cap);
+ * solver; AUTO is resolved here, knowing the budget (rows_ok: the row-space step may be chosen), and why (if not
+ * NULL: cap bytes) says why. */
+int ar_cli_check_memory(MPI_Comm comm, const ar_common_cfg *cfg, double mem_per_rank_gb, int hessian, int rows_ok,
+                        int *ls, char *why, size_t cap);
 /* Collective: read a small rows x cols matrix (X0, Y0, ...) on rank 0 and broadcast it;
  * option names the command-line option in messages.  dst must hold rows*cols doubles. */
 int ar_cli_load_matrix(MPI_Comm comm, const char *option, const char *path, int rows, int cols, double *dst);

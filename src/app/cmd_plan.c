@@ -24,7 +24,7 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
       AR_MASK_OPTIONS(c),
       {"hessian", AR_OPT_CHOICE, &hess, "Hessian kind", NULL, 0, 0, "exact|gauss-newton", ar_hessian_name},
       {"linear-solver", AR_OPT_CHOICE, &ls, "Newton step: dense Cholesky, matrix-free CG, or the cheaper that fits",
-       NULL, 0, 0, "auto|cholesky|cg", ar_linear_solver_name},
+       NULL, 0, 0, "auto|cholesky|cg|rows", ar_linear_solver_name},
       {"mem-per-rank", AR_OPT_DOUBLE, &mem, "memory budget per rank in GB", "from SLURM or the node", 0, 1},
   };
   const int nopts = sizeof opts / sizeof opts[0];
@@ -43,7 +43,7 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
   AR_CALL(ar_cli_mask(comm, &c, n, &mask, &off));
   if (ls == AR_LINSOLVE_AUTO)
     ls = ar_plan_linear_solver(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
-                               c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, budget, &mask);
+                               c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, budget, &mask, 1);
   const int err = ar_plan_compute(n, (int)d, (int)(m ? m : d), (int)ranks, c.grid[0], c.grid[1], c.nb, c.eval.tile,
                                   c.eval.chunk, c.eval.tile_mem_mb, (ar_hessian_kind)hess, ls, &mask, &p);
   free(off);

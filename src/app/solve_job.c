@@ -192,8 +192,10 @@ static int setup_group(solve_job *j)
   AR_CALL(ar_grid_create(comm, s->c.grid[0], s->c.grid[1], &j->grid));
   /* --linear-solver auto is resolved here, once, knowing the memory budget; every solve of the
    * job uses j->so, and the configuration printed and saved says what runs */
-  AR_CALL(ar_cli_check_memory(comm, &s->c, s->mem_per_rank, j->so.hessian, &j->so.linear_solver, j->ls_reason,
-                              sizeof j->ls_reason));
+  const int rows_ok = j->so.method == AR_METHOD_JOINT && s->c.eval.lambda_x == 0 && s->c.eval.lambda_y == 0 &&
+                      j->so.hessian != AR_HESS_EXACT && j->so.hessian_sample >= 1;
+  AR_CALL(ar_cli_check_memory(comm, &s->c, s->mem_per_rank, j->so.hessian, rows_ok, &j->so.linear_solver,
+                              j->ls_reason, sizeof j->ls_reason));
   s->so.linear_solver = j->so.linear_solver;
   AR_CALL(ar_cli_load_problem(comm, &s->c, &j->prob));
   if (ar_fault("signal-startup")) raise(SIGUSR1); /* test hook (fault.h): a signal while the job starts */

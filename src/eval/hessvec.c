@@ -241,6 +241,40 @@ static void pre_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double
           ev->hv->kf + j0 * ld, ld, t->flops);
 }
 
+/* One trip F [A2 | A2 (x) V] at (X, Y) into kf (and the forward state at (X, Y)). */
+static int pre_pass(ar_eval ev, const double *X, const double *Y, double *flops)
+{
+  ar_problem p = ev->p;
+  AR_CALL(ar_error_agree(p->comm, hessvec_alloc(ev)));
+  AR_CALL(state_at(ev, X, Y, flops));
+  memset(ev->hv->kf, 0, sizeof(double) * p->nloc * (p->d + p->d * p->m));
+  pre_trip pt = {{ev, flops, pre_chunk, pre_tile}, Y};
+  return ar_trip_run(&pt.t);
+}
+
+/* M_j (d x m) of local row j after pre_pass: KF_j - beta_j (x) (P Y)_j, (P Y)_j = c_j + b_j. */
+static void row_m(ar_eval ev, int64_t j, double *Mj)
+{
+  ar_problem p = ev->p;
+  const int d = p->d, m = p->m;
+  const double *kfj = ev->hv->kf + j * (d + d * m);
+  for (int q = 0; q < d; q++)
+    for (int i = 0; i < m; i++) Mj[q * m + i] = kfj[d + q * m + i] - kfj[q] * (ev->resid[j * m + i] + p->b[j * m + i]);
+}
+
+int ar_eval_gn_rows(ar_eval ev, const double *X, const double *Y, double *P, double *M, double *C, double *flops)
+{
+  ar_problem p = ev->p;
+  const int d = p->d, m = p->m;
+  AR_CALL(pre_pass(ev, X, Y, flops));
+  for (int64_t j = 0; j < p->nloc; j++) {
+    row_m(ev, j, M + j * d * m);
+    memcpy(P + j * d, ev->fwd + j * ev->at_lda, sizeof(double) * d);
+  }
+  memcpy(C, ev->resid, sizeof(double) * p->nloc * m);
+  return AR_OK;
+}
+
 /* The Kronecker model of the X block, H_xx = sum_j (a1_j a1_j^T) (x) N_j ~ G1 (x) Nbar with
  * G1 = A1^T A1 and Nbar = (1/n) sum_j 2 M_j M_j^T (the Gauss-Newton N_j), and P^T P for the Y
  * block.  M_j = A2^T diag(f_j) V - beta_j (P Y)_j^T comes from one trip: F [A2 | A2 (x) V]. */
@@ -248,21 +282,13 @@ int ar_eval_precond(ar_eval ev, const double *X, const double *Y, double *G1, do
                     double *flops)
 {
   ar_problem p = ev->p;
-  const int d = p->d, m = p->m, ld = d + d * m;
-  AR_CALL(ar_error_agree(p->comm, hessvec_alloc(ev)));
-  AR_CALL(state_at(ev, X, Y, flops));
-  struct ar_hessvec_s *h = ev->hv;
-  memset(h->kf, 0, sizeof(double) * p->nloc * ld);
-  pre_trip pt = {{ev, flops, pre_chunk, pre_tile}, Y};
-  AR_CALL(ar_trip_run(&pt.t));
-  /* M_j = KF_j - beta_j (x) (P Y)_j with (P Y)_j = c_j + b_j; Nbar += 2 M_j M_j^T */
+  const int d = p->d, m = p->m;
+  AR_CALL(pre_pass(ev, X, Y, flops));
+  /* Nbar += 2 M_j M_j^T */
   double *sums = calloc((size_t)3 * d * d, sizeof(double)), *Mj = malloc(sizeof(double) * d * m);
   AR_CHECK(sums && Mj, AR_ERR_MEM, "out of memory (preconditioner)");
   for (int64_t j = 0; j < p->nloc; j++) {
-    const double *kfj = h->kf + j * ld;
-    for (int q = 0; q < d; q++)
-      for (int i = 0; i < m; i++)
-        Mj[q * m + i] = kfj[d + q * m + i] - kfj[q] * (ev->resid[j * m + i] + p->b[j * m + i]);
+    row_m(ev, j, Mj);
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, d, m, 2.0, Mj, m, 1.0, sums + d * d, d);
   }
   *flops += 2.0 * p->nloc * d * d * m;

@@ -108,8 +108,9 @@ static double max_local(int N, int nb, int np)
 static void plan_memory(ar_plan *p, double lr, double lc)
 {
   const double B = 8.0, nloc = (double)p->rows_per_rank, d = p->d, m = p->m;
-  const double D = p->D;
-  const int masked = p->nseg > 1 || p->causal, cg = p->linear_solver == AR_LINSOLVE_CG;
+  const double D = p->D, N = (double)p->n;
+  const int masked = p->nseg > 1 || p->causal, rows = p->linear_solver == AR_LINSOLVE_ROWS;
+  const int cg = p->linear_solver == AR_LINSOLVE_CG || rows; /* rows: the evaluator as for CG (gradient, one trip) */
   /* the evaluator's arrays (eval_work.h), the kv rows as [A2 | A3]: with A3 = A2 they are fewer */
   const ar_work_sizes z = {p->rows_per_rank, p->tile, p->chunk, p->d, p->m, 2 * p->d, masked};
   double ev[AR_WORK_NBUCKETS], hv[AR_WORK_NBUCKETS] = {0};
@@ -124,7 +125,11 @@ static void plan_memory(ar_plan *p, double lr, double lc)
   p->mem_chunk = ev[AR_WORK_CHUNK] + hv[AR_WORK_CHUNK];
   p->mem_tiles = ev[AR_WORK_TILES] + hv[AR_WORK_TILES];
   p->mem_parts = ev[AR_WORK_PARTS] + hv[AR_WORK_PARTS];
-  if (cg) {
+  if (rows) { /* J J^T (n m x n m) and its factor, lr x lc locally; every row's pieces (step_rows.c) */
+    p->mem_hessian = 2 * work(B * lr * lc);
+    p->mem_assembly = 0;
+    p->mem_solver = B * (N * (2 * d + 2 * d * m + 2 * m + 2 * N) + (lr + lc) * d + 6.0 * D);
+  } else if (cg) {
     p->mem_hessian = 0;
     p->mem_assembly = 0;
     p->mem_solver = B * (14.0 * D + 10.0 * d * d); /* the CG vectors */
@@ -176,21 +181,23 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
                     double tile_mem_mb, ar_hessian_kind hk, int ls, const ar_mask *mask, ar_plan *p)
 {
   if (ls == AR_LINSOLVE_AUTO)
-    ls = ar_plan_linear_solver(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, 0, mask);
+    ls = ar_plan_linear_solver(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, 0, mask, 1);
   memset(p, 0, sizeof *p);
   AR_CHECK(n >= 1 && d >= 1 && m >= 1 && ranks >= 1, AR_ERR_USAGE, "plan: sizes must be positive");
   if (pr <= 0 || pc <= 0) ar_plan_default_grid(ranks, &pr, &pc);
   AR_CHECK(pr * pc == ranks, AR_ERR_USAGE, "--grid %dx%d needs %d ranks, not %d", pr, pc, pr * pc, ranks);
   AR_CHECK((double)d * d + (double)d * m < 2147483647.0, AR_ERR_USAGE, "plan: D = d*d + d*m is too large");
   const int D = d * d + d * m;
-  if (nb <= 0) nb = ar_plan_default_nb(D, pr, pc);
-  const double N = (double)n;
+  const double N = (double)n, NM = N * m;
+  AR_CHECK(ls != AR_LINSOLVE_ROWS || NM <= 2147483647.0 / 2, AR_ERR_USAGE, "plan: n m is too large for the row-space step");
+  const int K = ls == AR_LINSOLVE_ROWS ? (int)NM : D; /* the order of the matrix factored */
+  if (nb <= 0) nb = ar_plan_default_nb(K, pr, pc);
   p->n = n, p->d = d, p->m = m, p->D = D, p->ranks = ranks, p->pr = pr, p->pc = pc, p->nb = nb;
   AR_CALL(plan_layout(p, mask));
   ar_plan_tiles(n, d, m, ranks, tile, chunk, tile_mem_mb, &p->tile, &p->chunk);
   p->fused = ranks == 1 && p->chunk >= n && p->nseg == 1 && !p->causal;
   p->linear_solver = ls;
-  plan_memory(p, max_local(D, nb, pr), max_local(D, nb, pc));
+  plan_memory(p, max_local(K, nb, pr), max_local(K, nb, pc));
   /* Flops (eval.c counts the same GEMMs): logits, P (and beta, F R23), U, W A2 (and W R22);
    * without fusion the backward pass recomputes the logits.  A2 = the unmasked pairs (n^2
    * without a mask); the boxes of masked tiles add at most as many again on their diagonal. */
@@ -208,6 +215,9 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   if (ls == AR_LINSOLVE_CG) {
     p->flops_hessian = p->flops_precond + p->cg_iters * p->flops_hessvec;
     p->flops_cholesky = 0;
+  } else if (ls == AR_LINSOLVE_ROWS) { /* J's pieces (the preconditioner's trip), J J^T, its Cholesky */
+    p->flops_hessian = p->flops_precond + 2 * NM * NM * d + 4 * N * N * d;
+    p->flops_cholesky = pow(NM, 3) / 3 + 2.0 * NM * NM;
   }
   p->flops_total = p->flops_loss_grad + p->flops_hessian + p->flops_trial + p->flops_cholesky;
   /* Per rank and iteration: three trips of the ring (the trial's forward pass, the forward and
@@ -220,6 +230,11 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
   p->comm_allreduce = B * 2 * lg * (2.0 + 2.0 * d * d + d * m);
   p->comm_hessian = ranks > 1 ? B * 0.5 * (double)D * D * (ranks - 1) / ranks : 0; /* the lower triangle */
   p->comm_cholesky = ranks > 1 ? B * 0.5 * (double)D * D * (1.0 / pr + 1.0 / pc) + B * D * lg : 0;
+  if (ls == AR_LINSOLVE_ROWS) { /* one trip for J's pieces, their allgather, the Cholesky of J J^T */
+    p->comm_ring += steps * (double)p->rows_per_rank * 2 * d * B;
+    p->comm_hessian = B * N * (d + (double)d * m + m);
+    p->comm_cholesky = ranks > 1 ? B * 0.5 * NM * NM * (1.0 / pr + 1.0 / pc) + B * NM * lg : 0;
+  }
   if (ls == AR_LINSOLVE_CG) { /* two trips and an allreduce of D per product, one trip for the preconditioner */
     p->comm_ring += (2.0 * p->cg_iters + 1) * steps * (double)p->rows_per_rank * 2 * d * B;
     p->comm_hessian = B * 2 * lg * D * p->cg_iters;
@@ -230,12 +245,18 @@ int ar_plan_compute(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, 
 }
 
 int ar_plan_linear_solver(int64_t n, int d, int m, int ranks, int pr, int pc, int nb, int64_t tile, int64_t chunk,
-                          double tile_mem_mb, ar_hessian_kind hk, double budget, const ar_mask *mask)
+                          double tile_mem_mb, ar_hessian_kind hk, double budget, const ar_mask *mask, int rows_ok)
 {
-  ar_plan dense, cg;
+  ar_plan dense, cg, rows;
   if (ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_CHOLESKY, mask, &dense) ||
       ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_CG, mask, &cg))
     return AR_LINSOLVE_CHOLESKY; /* bad sizes: the caller reports them */
+  /* fewer outputs than unknowns: the Gauss-Newton Hessian is singular (rank <= n m), and the
+   * row-space step is exact and the cheapest */
+  if (rows_ok && (double)n * m < (double)d * d + (double)d * m &&
+      !ar_plan_compute(n, d, m, ranks, pr, pc, nb, tile, chunk, tile_mem_mb, hk, AR_LINSOLVE_ROWS, mask, &rows) &&
+      (budget <= 0 || rows.mem_total <= budget))
+    return AR_LINSOLVE_ROWS;
   const int dense_fits = budget <= 0 || dense.mem_total <= budget, cg_fits = budget <= 0 || cg.mem_total <= budget;
   if (dense_fits != cg_fits) return dense_fits ? AR_LINSOLVE_CHOLESKY : AR_LINSOLVE_CG;
   return dense.flops_hessian + dense.flops_cholesky <= cg.flops_hessian ? AR_LINSOLVE_CHOLESKY : AR_LINSOLVE_CG;

@@ -445,15 +445,29 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   int ls = o->linear_solver, pr, pc;
   ar_grid_shape(grid, &pr, &pc);
   const ar_mask mask = ar_problem_mask(p);
+  double lx, ly;
+  ar_eval_ridge(ev, &lx, &ly);
+  const int rows_ok = o->method == AR_METHOD_JOINT && lx == 0 && ly == 0 && o->hessian != AR_HESS_EXACT &&
+                      o->hessian_sample >= 1;
   if (ls == AR_LINSOLVE_AUTO)
     ls = ar_plan_linear_solver(p->n, p->d, p->m, p->size, pr, pc, o->nb, ar_eval_tile(ev), ar_eval_chunk(ev), 32,
-                               o->hessian, 0, &mask);
-  int err = ls == AR_LINSOLVE_CG ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, 0, res, &s.step)
-                                 : ar_stepper_dense_create(ev, grid, s.N, o->nb, o->shift, res, &s.step);
+                               o->hessian, 0, &mask, rows_ok);
+  /* the row-space step is Gauss-Newton, without chord steps (docs/solver.md "Row-space step") */
+  ar_solver_options ro = *o;
+  if (ls == AR_LINSOLVE_ROWS) ro.hessian = AR_HESS_GAUSS_NEWTON, ro.chord_steps = 0, s.o = &ro;
+  s.st.hk_next = s.o->hessian == AR_HESS_AUTO ? AR_HESS_GAUSS_NEWTON : s.o->hessian;
+  int err = ls == AR_LINSOLVE_CG     ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, 0, res, &s.step)
+            : ls == AR_LINSOLVE_ROWS ? ar_stepper_rows_create(ev, grid, s.N, o->nb, res, &s.step)
+                                     : ar_stepper_dense_create(ev, grid, s.N, o->nb, o->shift, res, &s.step);
   res->linear_solver = ls;
-  if (!err && o->hessian_sample < 1 && ls == AR_LINSOLVE_CG)
-    err = AR_ERROR(AR_ERR_USAGE, "--hessian-sample %g: for the dense step only (the matrix-free step runs)",
-                   o->hessian_sample);
+  if (!err && ls == AR_LINSOLVE_ROWS && o->hessian == AR_HESS_EXACT)
+    err = AR_ERROR(AR_ERR_USAGE, "--linear-solver rows: the row-space step is Gauss-Newton (--hessian auto or "
+                                 "gauss-newton), not --hessian exact");
+  if (!err && ls == AR_LINSOLVE_ROWS && (lx != 0 || ly != 0))
+    err = AR_ERROR(AR_ERR_USAGE, "--linear-solver rows: not with the ridge terms --lambda-x/--lambda-y");
+  if (!err && o->hessian_sample < 1 && ls != AR_LINSOLVE_CHOLESKY)
+    err = AR_ERROR(AR_ERR_USAGE, "--hessian-sample %g: for the dense step only (the %s step runs)", o->hessian_sample,
+                   ls == AR_LINSOLVE_CG ? "matrix-free" : "row-space");
   s.st.z = calloc(s.D, sizeof(double)), s.st.zf = calloc(s.D, sizeof(double));
   s.zt = calloc(s.D, sizeof(double)), s.g = calloc(s.D, sizeof(double));
   s.dz = calloc(s.D, sizeof(double)), s.gt = calloc(s.D, sizeof(double));

@@ -56,6 +56,9 @@ int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, int shift, 
  * products, at most max_iter iterations a step; fixed_rtol > 0 replaces the Eisenstat-Walker
  * forcing term by a fixed relative residual (tests compare steps with it). */
 int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, double fixed_rtol, ar_solve_result *res, ar_stepper **st);
+/* Collective: the row-space Gauss-Newton step (step_rows.c) for n m < D: J J^T (n m x n m)
+ * block-cyclic on grid with block size nb (0: default), the joint method (N = D) only. */
+int ar_stepper_rows_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_result *res, ar_stepper **st);
 void ar_stepper_destroy(ar_stepper **st); /* not collective; NULLs *st */
 
 #endif

@@ -36,6 +36,7 @@ typedef struct {
   double *ga, *gp;       /* n x n: a1_i . a1_j and p_i . p_j */
   double *Gr, *Gc;       /* this rank's rows and columns of K: their rows of G */
   double *w;             /* nm */
+  double *q;             /* d: M_j w_j */
   ar_dmat K;
   double scale, shift, t_pieces;
   int modelled;          /* a model exists */
@@ -139,15 +140,13 @@ static int rows_solve(ar_stepper *st, const double *g, double *dz, double *pred,
   *indefinite = 0;
   AR_CALL(ar_dmat_solve(c->K, c->C, c->w));
   memset(dz, 0, sizeof(double) * st->N);
-  double mw[4096], *q = d <= 4096 ? mw : malloc(sizeof(double) * d);
-  AR_CHECK(q, AR_ERR_MEM, "out of memory (row-space step)");
+  double *q = c->q;
   for (int j = 0; j < n; j++) {
     const double *Mj = c->M + (size_t)j * d * m, *wj = c->w + (size_t)j * m, *a1j = c->a1 + (size_t)j * d;
     cblas_dgemv(CblasRowMajor, CblasNoTrans, d, m, 1.0, Mj, m, wj, 1, 0.0, q, 1); /* M_j w_j */
     cblas_dger(CblasRowMajor, d, d, -1.0, a1j, 1, q, 1, dz, d);
     cblas_dger(CblasRowMajor, d, m, -1.0, c->P + (size_t)j * d, 1, wj, 1, dz + dd, m);
   }
-  if (q != mw) free(q);
   *pred = -0.5 * dot(g, dz, st->N) + 0.5 * c->shift * dot(dz, dz, st->N);
   st->iters = 0;
   return AR_OK;
@@ -169,7 +168,7 @@ static void rows_destroy(ar_stepper *st)
   rows *c = st->impl;
   if (!c) return;
   ar_dmat_destroy(&c->K);
-  double *a[] = {c->a1, c->P, c->M, c->C, c->Pl, c->Ml, c->Cl, c->G, c->ga, c->gp, c->Gr, c->Gc, c->w};
+  double *a[] = {c->a1, c->P, c->M, c->C, c->Pl, c->Ml, c->Cl, c->G, c->ga, c->gp, c->Gr, c->Gc, c->w, c->q};
   for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) free(a[i]);
   free(c->counts), free(c->displs), free(c->cnt), free(c->dsp);
   free(c);
@@ -204,9 +203,9 @@ int ar_stepper_rows_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_res
   c->Pl = malloc(sizeof(double) * (nl + 1) * d), c->Ml = malloc(sizeof(double) * (nl + 1) * d * m);
   c->Cl = malloc(sizeof(double) * (nl + 1) * m), c->G = malloc(sizeof(double) * N1 * m * d);
   c->ga = malloc(sizeof(double) * N1 * N1), c->gp = malloc(sizeof(double) * N1 * N1);
-  c->w = malloc(sizeof(double) * N1 * m);
+  c->w = malloc(sizeof(double) * N1 * m), c->q = malloc(sizeof(double) * d);
   int ok = c->counts && c->displs && c->cnt && c->dsp && c->a1 && c->P && c->M && c->C && c->Pl && c->Ml && c->Cl &&
-           c->G && c->ga && c->gp && c->w;
+           c->G && c->ga && c->gp && c->w && c->q;
   AR_CHECK_AGREE(p->comm, ok, AR_ERR_MEM, "out of memory (row-space step: %.0f MB for the rows' pieces)",
                  8e-6 * N1 * (2.0 * d + 2.0 * d * m + 2.0 * N1 + 2.0 * m));
   AR_CALL(ar_dmat_create(grid, n * m, nb, &c->K));

@@ -188,6 +188,24 @@ class GramShift(unittest.TestCase):
                 # the identity shift's system is another one: this step does not solve it
                 S_id = H + s * np.eye(len(g))
                 self.assertGreater(np.linalg.norm(S_id @ dz + g), 1e-4 * np.linalg.norm(g))
+        # the row-space step with the Gram shift: the metric in its factored form,
+        # (Ga + f I) (x) (Gb + f I) on X and (Gy + f I) (x) I on Y, G scaled as above
+        tr = [np.trace(x) for x in G]
+        mean = (tr[0] * tr[1] + m * tr[2]) / len(g)
+        f = 1e-8
+        Mr = np.zeros_like(H)
+        Mr[:d * d, :d * d] = np.kron(G[0] / mean + f * np.eye(d), G[1] + f * np.eye(d))
+        Mr[d * d:, d * d:] = np.kron(G[2] / mean + f * np.eye(d), np.eye(m))
+        Sr = H + s * Mr
+        for np_ in (1, 3):
+            out = os.path.join(TMP, "gram-rows-%d" % np_)
+            run(np_, "solve", "--data", data, "--x0", data + "/X0.npy", "--y0", data + "/Y0.npy", "--whiten", "off",
+                "--linear-solver", "rows", "--mu0", mu0, "--max-iter", "1", "--out", out, "--quiet")
+            with self.subTest(rows_ranks=np_):
+                self.assertEqual(int(history(out + "/history.csv")["accepted"][1]), 1)
+                dz = np.concatenate([(np.load(out + "/X.npy") - X0).ravel(), (np.load(out + "/Y.npy") - Y0).ravel()])
+                self.assertLessEqual(np.linalg.norm(Sr @ dz + g), 1e-10 * np.linalg.norm(g))
+                self.assertGreater(np.linalg.norm((H + s * np.eye(len(g))) @ dz + g), 1e-4 * np.linalg.norm(g))
         # the whitened variables have G_k = I: the Gram shift is the identity shift (plus 1e-8)
         xs = {}
         for shift in ("identity", "gram"):
@@ -234,7 +252,8 @@ class RowSpace(unittest.TestCase):
 
     def test_first_step_is_the_dense_gauss_newton_step(self):
         xs = {}
-        for ls, extra in (("rows", []), ("cholesky", ["--shift", "identity", "--hessian", "gauss-newton"])):
+        for ls, extra in (("rows", ["--shift", "identity"]),
+                          ("cholesky", ["--shift", "identity", "--hessian", "gauss-newton"])):
             out = os.path.join(TMP, "rows-first-%s" % ls)
             self.solve(2, out, "--linear-solver", ls, "--max-iter", 1, "--chord-steps", 0, *extra)
             xs[ls] = np.load(out + "/X.npy"), np.load(out + "/Y.npy")

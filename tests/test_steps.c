@@ -61,7 +61,7 @@ static void compare(const char *name, ar_problem prob, const double *z, ar_hessi
   if (hk == AR_HESS_GAUSS_NEWTON) { /* the row-space step: J J^T, n m x n m, whatever n m is against D */
     ar_stepper *rows;
     double f3, scale3, pred3;
-    TU_OK(ar_stepper_rows_create(ev, g, D, 0, &res, &rows));
+    TU_OK(ar_stepper_rows_create(ev, g, D, 0, AR_SHIFT_IDENTITY, &res, &rows));
     TU_OK(rows->ops->evaluate(rows, z, hk, &f3, g2));
     TU_CHECK(f3 == f1 && tu_relerr(g2, g1, D) <= 1e-14, "%s: the row-space step evaluates differently", name);
     TU_OK(rows->ops->scale(rows, &scale3));

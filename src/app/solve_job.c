@@ -193,7 +193,7 @@ static int setup_group(solve_job *j)
   /* --linear-solver auto is resolved here, once, knowing the memory budget; every solve of the
    * job uses j->so, and the configuration printed and saved says what runs */
   const int rows_ok = j->so.method == AR_METHOD_JOINT && s->c.eval.lambda_x == 0 && s->c.eval.lambda_y == 0 &&
-                      j->so.hessian != AR_HESS_EXACT && j->so.hessian_sample >= 1;
+                      j->so.hessian != AR_HESS_EXACT && j->so.hessian_sample >= 1 && j->so.shift != AR_SHIFT_DIAGONAL;
   AR_CALL(ar_cli_check_memory(comm, &s->c, s->mem_per_rank, j->so.hessian, rows_ok, &j->so.linear_solver,
                               j->ls_reason, sizeof j->ls_reason));
   s->so.linear_solver = j->so.linear_solver;

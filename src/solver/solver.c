@@ -448,7 +448,7 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   double lx, ly;
   ar_eval_ridge(ev, &lx, &ly);
   const int rows_ok = o->method == AR_METHOD_JOINT && lx == 0 && ly == 0 && o->hessian != AR_HESS_EXACT &&
-                      o->hessian_sample >= 1;
+                      o->hessian_sample >= 1 && o->shift != AR_SHIFT_DIAGONAL;
   if (ls == AR_LINSOLVE_AUTO)
     ls = ar_plan_linear_solver(p->n, p->d, p->m, p->size, pr, pc, o->nb, ar_eval_tile(ev), ar_eval_chunk(ev), 32,
                                o->hessian, 0, &mask, rows_ok);
@@ -457,9 +457,11 @@ int ar_solve(ar_problem p, ar_eval ev, ar_grid grid, const ar_solver_options *o,
   if (ls == AR_LINSOLVE_ROWS) ro.hessian = AR_HESS_GAUSS_NEWTON, ro.chord_steps = 0, s.o = &ro;
   s.st.hk_next = s.o->hessian == AR_HESS_AUTO ? AR_HESS_GAUSS_NEWTON : s.o->hessian;
   int err = ls == AR_LINSOLVE_CG     ? ar_stepper_cg_create(ev, s.N, o->cg_max_iter, 0, res, &s.step)
-            : ls == AR_LINSOLVE_ROWS ? ar_stepper_rows_create(ev, grid, s.N, o->nb, res, &s.step)
+            : ls == AR_LINSOLVE_ROWS ? ar_stepper_rows_create(ev, grid, s.N, o->nb, o->shift, res, &s.step)
                                      : ar_stepper_dense_create(ev, grid, s.N, o->nb, o->shift, res, &s.step);
   res->linear_solver = ls;
+  if (!err && ls == AR_LINSOLVE_ROWS && o->shift == AR_SHIFT_DIAGONAL)
+    err = AR_ERROR(AR_ERR_USAGE, "--linear-solver rows: --shift identity or gram, not diagonal");
   if (!err && ls == AR_LINSOLVE_ROWS && o->hessian == AR_HESS_EXACT)
     err = AR_ERROR(AR_ERR_USAGE, "--linear-solver rows: the row-space step is Gauss-Newton (--hessian auto or "
                                  "gauss-newton), not --hessian exact");

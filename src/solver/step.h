@@ -57,8 +57,10 @@ int ar_stepper_dense_create(ar_eval ev, ar_grid grid, int N, int nb, int shift, 
  * forcing term by a fixed relative residual (tests compare steps with it). */
 int ar_stepper_cg_create(ar_eval ev, int N, int max_iter, double fixed_rtol, ar_solve_result *res, ar_stepper **st);
 /* Collective: the row-space Gauss-Newton step (step_rows.c) for n m < D: J J^T (n m x n m)
- * block-cyclic on grid with block size nb (0: default), the joint method (N = D) only. */
-int ar_stepper_rows_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_result *res, ar_stepper **st);
+ * block-cyclic on grid with block size nb (0: default), the joint method (N = D) only; the
+ * shift's shape AR_SHIFT_IDENTITY or AR_SHIFT_GRAM (the Gram metric, factored). */
+int ar_stepper_rows_create(ar_eval ev, ar_grid grid, int N, int nb, int shift, ar_solve_result *res,
+                           ar_stepper **st);
 void ar_stepper_destroy(ar_stepper **st); /* not collective; NULLs *st */
 
 #endif

@@ -11,18 +11,28 @@
  * from the pieces of J the evaluator gives (ar_eval_gn_rows).  The pieces of every row are
  * gathered on every rank (n d m doubles: small exactly when this step applies); K is filled
  * block-cyclic from them by one GEMM per rank and factored with ScaLAPACK (ar_dmat).  The model
- * is Gauss-Newton always (the solver asks for no other with this step) and the shift's shape the
- * identity; chord steps are not taken (a step needs the residual at the model's point).
+ * is Gauss-Newton always (the solver asks for no other with this step); chord steps are not taken
+ * (a step needs the residual at the model's point).  The shift's shape: the identity, or (--shift
+ * gram, the default) the inputs' Gram metric in a factored form, Mg = (Ga + f I) (x) (Gb + f I) on
+ * X and (Gy + f I) (x) I_m on Y (Ga, Gb, Gy: A1^T A1, A2^T A2, A3^T A3 scaled as the dense step
+ * scales them, f its floor): with Mg = T T^T (T = La (x) Lb + Ly (x) I, Cholesky factors) the step
+ * is dz = T^-T dz~ with dz~ the identity-shift step of J~ = J T^-T, whose pieces are La^-1 a1_j,
+ * Lb^-1 M_j and Ly^-1 p_j.  After whitening Ga = Gb = Gy = I and it is the identity (times 1 + f).
  * Every result is global. */
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
 #include "grid_impl.h"
+#include "lapack.h"
 #include "problem_impl.h"
 #include "step.h"
 #include "timing.h"
+
+/* The Gram metric's floor on each factor (relative to its mean diagonal, as step_dense.c's). */
+#define AR_ROWS_GRAM_FLOOR 1e-8
 
 typedef struct {
   MPI_Comm comm;
@@ -30,6 +40,7 @@ typedef struct {
   int *counts, *displs;  /* per rank: rows (for the gathers), in units of one row */
   int *cnt, *dsp;        /* scratch: the same times a row's width */
   double *a1;            /* n x d: every row of A1 (of the problem solved: whitened if it is) */
+  double *a1w;           /* n x d: a1 La^-T (gram), else a1 itself */
   double *P, *M, *C;     /* n x d, n x d x m, n x m: the model point's pieces, every row */
   double *Pl, *Ml, *Cl;  /* this rank's rows */
   double *G;             /* nm x d: row (i, r) = column r of M_i */
@@ -37,6 +48,8 @@ typedef struct {
   double *Gr, *Gc;       /* this rank's rows and columns of K: their rows of G */
   double *w;             /* nm */
   double *q;             /* d: M_j w_j */
+  double *L;             /* gram: La, Lb, Ly (d x d each, lower, row-major); NULL: the identity */
+  double *T;             /* gram: d x d scratch */
   ar_dmat K;
   double scale, shift, t_pieces;
   int modelled;          /* a model exists */
@@ -91,17 +104,21 @@ static int rows_evaluate(ar_stepper *st, const double *z, ar_hessian_kind hk, do
   for (int i = 0; i < n; i++) /* G: the columns of each M_i as rows */
     for (int r = 0; r < m; r++)
       for (int q = 0; q < d; q++) c->G[((size_t)i * m + r) * d + q] = c->M[(size_t)i * d * m + q * m + r];
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0, c->a1, d, c->a1, d, 0.0, c->ga, n);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0, c->P, d, c->P, d, 0.0, c->gp, n);
-  fill_k(c);
-  /* mean diagonal of H = 2 J^T J over the N unknowns: 2 tr(J J^T) / N */
+  /* mean diagonal of H = 2 J^T J over the N unknowns: 2 tr(J J^T) / N, in the solver's variables */
   double tr = 0;
   for (int i = 0; i < n; i++) {
-    double mm = 0;
-    for (int k = 0; k < d * m; k++) mm += c->M[(size_t)i * d * m + k] * c->M[(size_t)i * d * m + k];
-    tr += c->ga[(size_t)i * n + i] * mm + m * c->gp[(size_t)i * n + i];
+    const double *a = c->a1 + (size_t)i * d, *pi = c->P + (size_t)i * d, *Mi = c->M + (size_t)i * d * m;
+    tr += cblas_ddot(d, a, 1, a, 1) * cblas_ddot(d * m, Mi, 1, Mi, 1) + m * cblas_ddot(d, pi, 1, pi, 1);
   }
   c->scale = 2 * tr / st->N;
+  if (c->L) { /* J~ = J T^-T: the rows of G (columns of M_i) by Lb^-1, p_i by Ly^-1 */
+    const int dd = d * d;
+    cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n * m, d, 1.0, c->L + dd, d, c->G, d);
+    cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, d, 1.0, c->L + 2 * dd, d, c->P, d);
+  }
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0, c->a1w, d, c->a1w, d, 0.0, c->ga, n);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0, c->P, d, c->P, d, 0.0, c->gp, n);
+  fill_k(c);
   fl += 2.0 * c->K->locr * c->K->locc * d + 4.0 * n * n * d; /* this rank's share of K; ga, gp */
   st->res->flops += fl;
   c->modelled = 1;
@@ -142,12 +159,19 @@ static int rows_solve(ar_stepper *st, const double *g, double *dz, double *pred,
   memset(dz, 0, sizeof(double) * st->N);
   double *q = c->q;
   for (int j = 0; j < n; j++) {
-    const double *Mj = c->M + (size_t)j * d * m, *wj = c->w + (size_t)j * m, *a1j = c->a1 + (size_t)j * d;
-    cblas_dgemv(CblasRowMajor, CblasNoTrans, d, m, 1.0, Mj, m, wj, 1, 0.0, q, 1); /* M_j w_j */
+    const double *Gj = c->G + (size_t)j * m * d, *wj = c->w + (size_t)j * m, *a1j = c->a1w + (size_t)j * d;
+    cblas_dgemv(CblasRowMajor, CblasTrans, m, d, 1.0, Gj, d, wj, 1, 0.0, q, 1); /* M~_j w_j */
     cblas_dger(CblasRowMajor, d, d, -1.0, a1j, 1, q, 1, dz, d);
     cblas_dger(CblasRowMajor, d, m, -1.0, c->P + (size_t)j * d, 1, wj, 1, dz + dd, m);
   }
-  *pred = -0.5 * dot(g, dz, st->N) + 0.5 * c->shift * dot(dz, dz, st->N);
+  const double dz2 = dot(dz, dz, st->N); /* dz~.dz~ = dz.Mg.dz */
+  if (c->L) { /* dz = T^-T dz~: dX = La^-T dX~ Lb^-1, dY = Ly^-T dY~ */
+    cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, d, d, 1.0, c->L, d, dz, d);
+    cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, d, d, 1.0, c->L + dd, d, dz, d);
+    cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, d, m, 1.0, c->L + 2 * dd, d, dz + dd,
+                m);
+  }
+  *pred = -0.5 * dot(g, dz, st->N) + 0.5 * c->shift * dz2;
   st->iters = 0;
   return AR_OK;
 }
@@ -168,7 +192,7 @@ static void rows_destroy(ar_stepper *st)
   rows *c = st->impl;
   if (!c) return;
   ar_dmat_destroy(&c->K);
-  double *a[] = {c->a1, c->P, c->M, c->C, c->Pl, c->Ml, c->Cl, c->G, c->ga, c->gp, c->Gr, c->Gc, c->w, c->q};
+  double *a[] = {c->a1, c->a1w, c->P, c->M, c->C, c->Pl, c->Ml, c->Cl, c->G, c->ga, c->gp, c->Gr, c->Gc, c->w, c->q, c->L};
   for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) free(a[i]);
   free(c->counts), free(c->displs), free(c->cnt), free(c->dsp);
   free(c);
@@ -177,7 +201,35 @@ static void rows_destroy(ar_stepper *st)
 static const ar_stepper_ops rows_ops = {"rows", rows_evaluate, rows_scale, rows_factor, rows_solve, rows_finish,
                                         rows_destroy};
 
-int ar_stepper_rows_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_result *res, ar_stepper **out)
+/* Collective: the factors La, Lb, Ly of the floored Gram metric (as step_dense.c scales it). */
+static int gram_factors(rows *c, ar_problem p, int N)
+{
+  const int d = p->d, m = p->m, dd = d * d;
+  c->L = calloc((size_t)3 * dd, sizeof(double));
+  AR_CHECK_AGREE(p->comm, c->L, AR_ERR_MEM, "out of memory (Gram metric)");
+  const double *A[3] = {p->a1, p->a2, p->a3};
+  for (int k = 0; k < 3; k++)
+    if (p->nloc > 0) cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, d, (int)p->nloc, 1.0, A[k], d, 0.0, c->L + k * dd, d);
+  AR_CALL_MPI(MPI_Allreduce(MPI_IN_PLACE, c->L, 3 * dd, MPI_DOUBLE, MPI_SUM, p->comm));
+  double tr[3] = {0, 0, 0};
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < d; i++) tr[k] += c->L[(size_t)k * dd + i * d + i];
+  const double mean = (tr[0] * tr[1] + (double)m * tr[2]) / N;
+  AR_CHECK(mean > 0 && isfinite(mean), AR_ERR_DATA, "--shift gram: the inputs are all zero (use --shift identity)");
+  for (int i = 0; i < dd; i++) c->L[i] /= mean, c->L[2 * dd + i] /= mean;
+  int info = 0, dn = d;
+  for (int k = 0; k < 3 && !info; k++) {
+    for (int i = 0; i < d; i++) c->L[(size_t)k * dd + i * d + i] += AR_ROWS_GRAM_FLOOR;
+    dpotrf_("U", &dn, c->L + k * dd, &dn, &info); /* column-major upper = row-major lower */
+  }
+  AR_CHECK(info == 0, AR_ERR_NUMERIC, "--shift gram: the Gram metric is not positive definite (use --shift identity)");
+  memcpy(c->a1w, c->a1, sizeof(double) * (size_t)c->n * d); /* a1 La^-T */
+  cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, c->n, d, 1.0, c->L, d, c->a1w, d);
+  return AR_OK;
+}
+
+int ar_stepper_rows_create(ar_eval ev, ar_grid grid, int N, int nb, int shift, ar_solve_result *res,
+                           ar_stepper **out)
 {
   *out = NULL;
   ar_problem p = ar_eval_problem(ev);
@@ -198,13 +250,14 @@ int ar_stepper_rows_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_res
   c->counts = calloc(size, sizeof(int)), c->displs = calloc(size, sizeof(int));
   c->cnt = calloc(size, sizeof(int)), c->dsp = calloc(size, sizeof(int));
   const size_t N1 = (size_t)n;
-  c->a1 = malloc(sizeof(double) * N1 * d), c->P = malloc(sizeof(double) * N1 * d);
+  c->a1 = malloc(sizeof(double) * N1 * d), c->a1w = malloc(sizeof(double) * N1 * d);
+  c->P = malloc(sizeof(double) * N1 * d);
   c->M = malloc(sizeof(double) * N1 * d * m), c->C = malloc(sizeof(double) * N1 * m);
   c->Pl = malloc(sizeof(double) * (nl + 1) * d), c->Ml = malloc(sizeof(double) * (nl + 1) * d * m);
   c->Cl = malloc(sizeof(double) * (nl + 1) * m), c->G = malloc(sizeof(double) * N1 * m * d);
   c->ga = malloc(sizeof(double) * N1 * N1), c->gp = malloc(sizeof(double) * N1 * N1);
   c->w = malloc(sizeof(double) * N1 * m), c->q = malloc(sizeof(double) * d);
-  int ok = c->counts && c->displs && c->cnt && c->dsp && c->a1 && c->P && c->M && c->C && c->Pl && c->Ml && c->Cl &&
+  int ok = c->counts && c->displs && c->cnt && c->dsp && c->a1 && c->a1w && c->P && c->M && c->C && c->Pl && c->Ml && c->Cl &&
            c->G && c->ga && c->gp && c->w && c->q;
   AR_CHECK_AGREE(p->comm, ok, AR_ERR_MEM, "out of memory (row-space step: %.0f MB for the rows' pieces)",
                  8e-6 * N1 * (2.0 * d + 2.0 * d * m + 2.0 * N1 + 2.0 * m));
@@ -214,5 +267,8 @@ int ar_stepper_rows_create(ar_eval ev, ar_grid grid, int N, int nb, ar_solve_res
   AR_CHECK_AGREE(p->comm, c->Gr && c->Gc, AR_ERR_MEM, "out of memory (row-space step)");
   AR_CALL_MPI(MPI_Allgather(&nl, 1, MPI_INT, c->counts, 1, MPI_INT, p->comm));
   for (int r = 1; r < size; r++) c->displs[r] = c->displs[r - 1] + c->counts[r - 1];
-  return gather(c, p->a1, c->a1, d);
+  AR_CALL(gather(c, p->a1, c->a1, d));
+  if (shift == AR_SHIFT_GRAM) return gram_factors(c, p, N);
+  memcpy(c->a1w, c->a1, sizeof(double) * N1 * d);
+  return AR_OK;
 }

@@ -49,7 +49,6 @@ typedef struct {
   double *w;             /* nm */
   double *q;             /* d: M_j w_j */
   double *L;             /* gram: La, Lb, Ly (d x d each, lower, row-major); NULL: the identity */
-  double *T;             /* gram: d x d scratch */
   ar_dmat K;
   double scale, shift, t_pieces;
   int modelled;          /* a model exists */
@@ -148,8 +147,9 @@ static double dot(const double *a, const double *b, int n)
   return s;
 }
 
-/* dz = -J^T (K + s/2 I)^{-1} c: dX = -sum_j a1_j (M_j w_j)^T, dY = -sum_j p_j w_j^T.  g is the
- * gradient at the model's point, 2 J^T c (no chord steps with this method). */
+/* dz = -J^T (K + s/2 I)^{-1} c: dX = -sum_j a1_j (M_j w_j)^T, dY = -sum_j p_j w_j^T (with the
+ * Gram shift in J~'s pieces, then dz = T^-T dz~).  g is the gradient at the model's point,
+ * 2 J^T c (no chord steps with this method). */
 static int rows_solve(ar_stepper *st, const double *g, double *dz, double *pred, int *indefinite)
 {
   rows *c = st->impl;

@@ -23,7 +23,7 @@ int ar_cmd_plan(MPI_Comm comm, int argc, char **argv)
       AR_LAYOUT_OPTIONS(c),
       AR_MASK_OPTIONS(c),
       {"hessian", AR_OPT_CHOICE, &hess, "Hessian kind", NULL, 0, 0, "exact|gauss-newton", ar_hessian_name},
-      {"linear-solver", AR_OPT_CHOICE, &ls, "Newton step: dense Cholesky, matrix-free CG, or the cheaper that fits",
+      {"linear-solver", AR_OPT_CHOICE, &ls, "Newton step: dense Cholesky, matrix-free CG, row-space Gauss-Newton, or auto (as solve chooses)",
        NULL, 0, 0, "auto|cholesky|cg|rows", ar_linear_solver_name},
       {"mem-per-rank", AR_OPT_DOUBLE, &mem, "memory budget per rank in GB", "from SLURM or the node", 0, 1},
   };

@@ -26,8 +26,9 @@ static int option_table(solve_cfg *s, ar_option *opts)
       {"chord-steps", AR_OPT_INT, &so->chord_steps,
        "steps that reuse a Hessian's Cholesky factor once steps are trusted (0: a new Hessian every step)", "0"},
       {"linear-solver", AR_OPT_CHOICE, &so->linear_solver,
-       "Newton step: dense Cholesky of the assembled Hessian, matrix-free conjugate gradients, or auto: the cheaper "
-       "by attnreg plan's model that fits the memory budget", NULL, 0, 0, "auto|cholesky|cg|rows", ar_linear_solver_name},
+       "Newton step: dense Cholesky of the assembled Hessian, matrix-free conjugate gradients, the row-space "
+       "Gauss-Newton step through J J^T (n m x n m), or auto: rows when n m < D, else the cheaper by attnreg plan's "
+       "model that fits the memory budget", NULL, 0, 0, "auto|cholesky|cg|rows", ar_linear_solver_name},
       {"cg-max-iter", AR_OPT_INT, &so->cg_max_iter, "matrix-free step: CG iterations per Newton step at most", NULL, 1},
       {"shift", AR_OPT_CHOICE, &so->shift,
        "dense step: Levenberg-Marquardt shift mu s I, mu s D with D = |diag H| / s (scale-invariant), or mu s M with M "

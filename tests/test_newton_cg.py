@@ -279,13 +279,18 @@ class RowSpace(unittest.TestCase):
             self.assertFalse(os.path.exists(os.path.join(TMP, "rows-bad")))
 
 
+def real_start(name, seed):
+    """X_true of the real head + 10 % noise (relative to its rms), saved as TMP/name.npy."""
+    X = np.load(os.path.join(REAL, "X_true.npy"))
+    x0 = os.path.join(TMP, name + ".npy")
+    np.save(x0, X + 0.1 * np.sqrt(np.mean(X ** 2)) * np.random.default_rng(seed).standard_normal(X.shape))
+    return x0
+
+
 @unittest.skipUnless(os.path.isdir(REAL), "the real head is not in tests/data/real")
 class RealHead(unittest.TestCase):
     def test_whitened_matrix_free(self):
-        X = np.load(os.path.join(REAL, "X_true.npy"))
-        rng = np.random.default_rng(1)
-        x0 = os.path.join(TMP, "real-X0.npy")
-        np.save(x0, X + 0.1 * np.sqrt(np.mean(X ** 2)) * rng.standard_normal(X.shape))
+        x0 = real_start("real-X0", 1)
         out = os.path.join(TMP, "real")
         run(2, "solve", "--data", REAL, "--x0", x0, "--linear-solver", "cg", "--max-iter", "6", "--out", out, "--quiet",
             timeout=1800)
@@ -300,10 +305,7 @@ class RealHead(unittest.TestCase):
         self.assertLess(s["peak_rss_mb"]["max"], 300)  # the dense path needs > 2 GB per rank here
 
     def test_defaults_take_the_row_space_step(self):
-        X = np.load(os.path.join(REAL, "X_true.npy"))
-        rng = np.random.default_rng(2)
-        x0 = os.path.join(TMP, "real-X0-rows.npy")
-        np.save(x0, X + 0.1 * np.sqrt(np.mean(X ** 2)) * rng.standard_normal(X.shape))
+        x0 = real_start("real-X0-rows", 2)
         out = os.path.join(TMP, "real-rows")
         p = run(2, "solve", "--data", REAL, "--x0", x0, "--out", out, timeout=1800)
         self.assertIn("auto chose rows: n m = 3120 < D = 16200", p.stdout)
@@ -317,10 +319,7 @@ class RealHead(unittest.TestCase):
     def test_unwhitened_dense_gram_shift(self):
         """Not whitened (cond(A) = 2e6), dense step, the default Gram shift: fast from the first
         step, as whitened (the identity shift crawls here: 2.4e-7, 3.9e-8, 1.3e-8, ...)."""
-        X = np.load(os.path.join(REAL, "X_true.npy"))
-        rng = np.random.default_rng(1)
-        x0 = os.path.join(TMP, "real-X0-dense.npy")
-        np.save(x0, X + 0.1 * np.sqrt(np.mean(X ** 2)) * rng.standard_normal(X.shape))
+        x0 = real_start("real-X0-dense", 1)
         out = os.path.join(TMP, "real-dense")
         run(2, "solve", "--data", REAL, "--x0", x0, "--whiten", "off", "--linear-solver", "cholesky", "--max-iter", "2",
             "--out", out, "--quiet", timeout=3600)

@@ -140,13 +140,6 @@ static int rows_factor(ar_stepper *st, double shift, int *not_pd)
   return ar_dmat_factor(c->K, shift / 2, not_pd);
 }
 
-static double dot(const double *a, const double *b, int n)
-{
-  double s = 0;
-  for (int i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
 /* dz = -J^T (K + s/2 I)^{-1} c: dX = -sum_j a1_j (M_j w_j)^T, dY = -sum_j p_j w_j^T (with the
  * Gram shift in J~'s pieces, then dz = T^-T dz~).  g is the gradient at the model's point,
  * 2 J^T c (no chord steps with this method). */
@@ -164,14 +157,14 @@ static int rows_solve(ar_stepper *st, const double *g, double *dz, double *pred,
     cblas_dger(CblasRowMajor, d, d, -1.0, a1j, 1, q, 1, dz, d);
     cblas_dger(CblasRowMajor, d, m, -1.0, c->P + (size_t)j * d, 1, wj, 1, dz + dd, m);
   }
-  const double dz2 = dot(dz, dz, st->N); /* dz~.dz~ = dz.Mg.dz */
+  const double dz2 = cblas_ddot(st->N, dz, 1, dz, 1); /* dz~.dz~ = dz.Mg.dz */
   if (c->L) { /* dz = T^-T dz~: dX = La^-T dX~ Lb^-1, dY = Ly^-T dY~ */
     cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, d, d, 1.0, c->L, d, dz, d);
     cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, d, d, 1.0, c->L + dd, d, dz, d);
     cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, d, m, 1.0, c->L + 2 * dd, d, dz + dd,
                 m);
   }
-  *pred = -0.5 * dot(g, dz, st->N) + 0.5 * c->shift * dz2;
+  *pred = -0.5 * cblas_ddot(st->N, g, 1, dz, 1) + 0.5 * c->shift * dz2;
   st->iters = 0;
   return AR_OK;
 }

@@ -4,6 +4,9 @@
  *   - the Hessian is linear in the rows' weights: H(w = 1 on A) + H(w = 1 on B) = H for a
  *     split of the rows into A and B, on the X-X and X-Y blocks; the Y-Y block (2 P^T P) and
  *     the loss and gradient stay exact under any weights;
+ *   - the work partitions too: flops(A) + flops(B) = flops(all rows) + flops(gradient only), so
+ *     the wide products and Hessian parts are done only on a sample's rows, also in a tile
+ *     where some rows are in it and some are not (fused on one rank, over the ring on more);
  *   - a sample of fraction 1 is the full Hessian, bit for bit; fraction 0.5 samples some rows.
  * Usage: test_hsample REFDIR */
 #include <string.h>
@@ -66,7 +69,7 @@ static void run_case(const char *refdir, const char *name)
     TU_CHECK(oa.loss == L0 && !memcmp(g0, g1, sizeof(double) * D), "%s %s: loss or gradient changed by the weights",
              name, kn);
     TU_OK(ar_eval_set_hessian_rows(ev, wb));
-    ar_eval_out ob = {.hess = Hd};
+    ar_eval_out ob = {.grad = g1, .hess = Hd};
     TU_OK(ar_eval_compute(ev, X, Y, hk, &ob));
     TU_OK(ar_dmat_gather(Hd, HB));
     double e = 0, ey = 0, sc = 0, sa = 0;
@@ -77,6 +80,13 @@ static void run_case(const char *refdir, const char *name)
         if (i >= dd && k >= dd) ey = fmax(ey, fmax(fabs(HA[ik] - H[ik]), fabs(HB[ik] - H[ik])));
         else e = fmax(e, fabs(HA[ik] + HB[ik] - H[ik])), sa = fmax(sa, fabs(HA[ik] - H[ik]));
       }
+    ar_eval_out on = {.grad = g1};
+    TU_OK(ar_eval_compute(ev, X, Y, AR_HESS_NONE, &on));
+    double fl[4] = {out.flops, oa.flops, ob.flops, on.flops};
+    MPI_Allreduce(MPI_IN_PLACE, fl, 4, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    TU_CHECK(fabs(fl[1] + fl[2] - fl[0] - fl[3]) <= 1e-9 * fl[0],
+             "%s %s: flops with weights on A %.6g + on B %.6g != all rows %.6g + gradient only %.6g", name, kn, fl[1],
+             fl[2], fl[0], fl[3]);
     TU_CHECK(e <= 1e-12 * sc, "%s %s: H(A) + H(B) vs H on the X blocks: %.3g", name, kn, e / sc);
     TU_CHECK(ey <= 1e-12 * sc, "%s %s: the Y-Y block under weights: %.3g", name, kn, ey / sc);
     TU_CHECK(nab[0] == 0 || nab[1] == 0 || sa > 1e-6 * sc, "%s %s: the weights changed nothing (%.3g)", name, kn, sa / sc);

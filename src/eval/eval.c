@@ -200,20 +200,38 @@ static const double *bwd_operand(ar_eval ev, const double *kv, int64_t rows, int
   return kv;
 }
 
-/* A tile of rows [j0, j0 + r) in the Hessian's sample: some row weighs in. */
-static int tile_sampled(ar_eval ev, int64_t j0, int64_t r)
+/* The next run [*a, *a + len) of rows in the Hessian's sample at or after j, before end (its
+ * length returned; 0: none).  Without a sample every row is in it.  The sample is drawn in units
+ * of 64 global rows, so a tile holds a few long runs. */
+static int64_t sample_run(ar_eval ev, int64_t j, int64_t end, int64_t *a)
 {
-  if (!ev->hrow_w) return 1;
-  for (int64_t j = 0; j < r; j++)
-    if (ev->hrow_w[j0 + j] != 0) return 1;
-  return 0;
+  if (!ev->hrow_w) {
+    *a = j;
+    return end - j;
+  }
+  while (j < end && ev->hrow_w[j] == 0) j++;
+  int64_t b = j;
+  while (b < end && ev->hrow_w[b] != 0) b++;
+  *a = j;
+  return b - j;
 }
 
-/* Columns of fwd (bwd) a tile computes, of ld: all of them, or the gradient's first d (the
- * tables start with A3, A2) for a tile outside the Hessian's sample. */
-static int tile_cols(ar_eval ev, int64_t j0, int64_t r, int ld)
+/* out[rows j0 .. j0 + r) = S T + beta out, S (r x cr) the tile's weights: the first d columns
+ * (the gradient's) for every row, the others (the Hessian's wide tables) only on the rows in
+ * the sample, so that their cost is in proportion to it. */
+static void tile_gemm(ar_eval ev, int64_t j0, int64_t r, int64_t cr, const double *S, const double *T, int ldt,
+                      double beta, double *out, int ld, double *flops)
 {
-  return ld > ev->p->d && !tile_sampled(ev, j0, r) ? ev->p->d : ld;
+  const int d = ev->p->d;
+  int64_t a = j0, len = ld > d ? sample_run(ev, j0, j0 + r, &a) : r;
+  if (len == r) { /* every row: one GEMM */
+    ar_gemm(CblasNoTrans, CblasNoTrans, r, ld, cr, 1.0, S, cr, T, ldt, beta, out + j0 * ld, ld, flops);
+    return;
+  }
+  ar_gemm(CblasNoTrans, CblasNoTrans, r, d, cr, 1.0, S, cr, T, ldt, beta, out + j0 * ld, ld, flops);
+  for (; len > 0; len = sample_run(ev, a + len, j0 + r, &a))
+    ar_gemm(CblasNoTrans, CblasNoTrans, len, ld - d, cr, 1.0, S + (a - j0) * cr, cr, T + d, ldt, beta,
+            out + a * ld + d, ld, flops);
 }
 
 /* Rows [j0, j0 + r) after the forward pass: C = P Y - B, L += ||C||^2, fu = c . (P Y). */
@@ -246,8 +264,7 @@ static void backward_tile(ar_eval ev, int64_t j0, int64_t r, const double *vals,
     const double *u = ev->cvt + j * cr, fu = ev->fu[j0 + j];
     for (int64_t l = 0; l < cr; l++) w[l] *= u[l] - fu;
   }
-  ar_gemm(CblasNoTrans, CblasNoTrans, r, tile_cols(ev, j0, r, ldb), cr, 1.0, ev->scores, cr, T, ldt, beta,
-          ev->bwd + j0 * ldb, ldb, flops);
+  tile_gemm(ev, j0, r, cr, ev->scores, T, ldt, beta, ev->bwd, ldb, flops);
 }
 
 /* One rank, one chunk: per tile, the softmax rows whole, then forward and backward with F in
@@ -270,8 +287,7 @@ static void fused_pass(ar_eval ev, const double *Y, int lda, int ldb, int want_g
     ar_gemm(CblasNoTrans, CblasTrans, r, n, d, 1.0, ev->a1x + j0 * d, d, kv, ev->width, 0.0, ev->scores, n, flops);
     ar_softmax_rows_lse(ev->scores, r, n, ev->lse + j0);
     ev->exps += (double)r * (double)n;
-    ar_gemm(CblasNoTrans, CblasNoTrans, r, tile_cols(ev, j0, r, lda), n, 1.0, ev->scores, n, T, ldt, 0.0,
-            ev->fwd + j0 * lda, lda, flops);
+    tile_gemm(ev, j0, r, n, ev->scores, T, ldt, 0.0, ev->fwd, lda, flops);
     if (Y) finish_rows(ev, Y, j0, r, lda, loss, flops);
     if (T2) backward_tile(ev, j0, r, ev->vals, n, T2, ldt2, ldb, 0.0, flops);
     ar_trip_tick(ev);
@@ -342,15 +358,13 @@ static void fwd_tile(ar_trip *t, int64_t j0, int64_t r, int64_t k0, const double
   fwd_trip *ft = (fwd_trip *)t;
   ar_eval ev = t->ev;
   const int lda = ft->lda;
-  const int cols = tile_cols(ev, j0, r, lda);
   ar_trip_logits(ev, j0, r, kv, cr, 0, t->flops);
   ar_softmax_online(ev->scores, r, cr, ev->rmax + j0, ev->rsum + j0, ev->rescale);
   ev->exps += (double)r * (double)cr;
   for (int64_t j = 0; j < r; j++)
     if (ev->rescale[j] != 1.0)
-      for (int k = 0; k < cols; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
-  ar_gemm(CblasNoTrans, CblasNoTrans, r, cols, cr, 1.0, ev->scores, cr, ft->T + k0 * ft->ldt, ft->ldt, 1.0,
-          ev->fwd + j0 * lda, lda, t->flops);
+      for (int k = 0; k < lda; k++) ev->fwd[(j0 + j) * lda + k] *= ev->rescale[j];
+  tile_gemm(ev, j0, r, cr, ev->scores, ft->T + k0 * ft->ldt, ft->ldt, 1.0, ev->fwd, lda, t->flops);
 }
 
 static int forward_trip(ar_eval ev, int lda, double *flops)
@@ -457,14 +471,14 @@ static void finish_gradient(ar_eval ev, const double *Y, int lda, int ldb, ar_he
     ar_gemm(CblasTrans, CblasNoTrans, d, m, r, 2.0, P, lda, C, m, 1.0, gY, m, flops);
     ar_gemm(CblasTrans, CblasNoTrans, d, d, r, 1.0, P, lda, P, lda, 1.0, ptp, d, flops);
     if (hk == AR_HESS_NONE) continue;
-    if (!tile_sampled(ev, j0, r)) {
-      ar_trip_tick(ev);
-      continue;
-    }
     const double th = ar_wtime();
-    for (int64_t j = 0; j < r; j++) /* alpha = A2^T (f o u) = W A2 + fu beta */
-      for (int q = 0; q < d; q++) ev->alpha[j * d + q] = WA2[j * ldb + q] + ev->fu[j0 + j] * P[j * lda + d + q];
-    tile_hessian(ev, Y, j0, r, lda, ldb, hk, flops);
+    int64_t a, len; /* the Hessian parts of the tile's rows in the sample, run by run */
+    for (len = sample_run(ev, j0, j0 + r, &a); len > 0; len = sample_run(ev, a + len, j0 + r, &a)) {
+      for (int64_t j = 0; j < len; j++) /* alpha = A2^T (f o u) = W A2 + fu beta */
+        for (int q = 0; q < d; q++)
+          ev->alpha[j * d + q] = ev->bwd[(a + j) * ldb + q] + ev->fu[a + j] * ev->fwd[(a + j) * lda + d + q];
+      tile_hessian(ev, Y, a, len, lda, ldb, hk, flops);
+    }
     *t_hess += ar_wtime() - th;
     ar_trip_tick(ev);
   }

@@ -316,7 +316,8 @@ void ar_dmat_times(ar_dmat A, double *t_factor, double *t_solve, int *nfactor);
   X(AR_DIVERGED_MU_OVERFLOW, "DIVERGED_MU_OVERFLOW", 0)                    \
   X(AR_DIVERGED_TIME_LIMIT, "DIVERGED_TIME_LIMIT", 0)                      \
   X(AR_DIVERGED_SIGNAL, "DIVERGED_SIGNAL", 0)                              \
-  X(AR_STOPPED_EARLY, "STOPPED_EARLY", 0)
+  X(AR_STOPPED_EARLY, "STOPPED_EARLY", 0)                                  \
+  X(AR_CONVERGED_LOSS_TARGET, "CONVERGED_LOSS_TARGET", 1)
 
 typedef enum {
 #define AR_REASON_ENUM(name, text, conv) name,
@@ -437,6 +438,7 @@ typedef struct {
   int64_t max_iter;
   double time_limit;         /* seconds, <= 0: none */
   double gatol, grtol, gttol, ftol, steptol;
+  double loss_target;        /* stop when L <= loss_target * |B|^2 (the relative loss; 0: never) */
   double hessian_sample;     /* dense step: Hessians from this fraction of the rows (1: all), doubled after a
                                 rejected step or one that cut |g| less than fourfold (docs/solver.md) */
   int floor_iters;           /* stop (CONVERGED_FLOOR) after this many steps in a row at f's rounding floor (0: never) */

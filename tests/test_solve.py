@@ -216,10 +216,14 @@ class Termination(unittest.TestCase):
         self.assertEqual(h["accepted"][1], 1)
         self.assertLess(g1, g0)  # so a gttol between g1/g0 and 1 fires at iteration 1, not 0
         gttol = np.sqrt(g1 / g0)
+        r0, r1 = h["rel_loss"]
+        self.assertLess(r1, r0)  # so a loss target between them is met at iteration 1, not 0
+        target = np.sqrt(r0 * r1)
         cases = [  # reason, iterations, options, fault hook
             ("CONVERGED_GATOL", 0, ["--gatol", 1e300, "--grtol", 1e300], None),
             ("CONVERGED_GRTOL", 0, ["--grtol", 1e300, "--gttol", 1], None),
-            ("CONVERGED_GTTOL", 1, ["--gttol", gttol, "--ftol", 1], None),
+            ("CONVERGED_GTTOL", 1, ["--gttol", gttol, "--loss-target", target], None),
+            ("CONVERGED_LOSS_TARGET", 1, ["--loss-target", target, "--ftol", 1], None),
             ("CONVERGED_FTOL", 1, ["--ftol", 1, "--steptol", 1e300, "--gttol", 0], None),
             ("CONVERGED_STEPTOL", 1, ["--steptol", 1e300, "--max-iter", 1, "--gttol", 0], None),
             # a NaN trial loss rejects the first step, and mu0 6e15 grows past mu_max = 1e16

@@ -44,6 +44,9 @@ static int option_table(solve_cfg *s, ar_option *opts)
       {"grtol", AR_OPT_DOUBLE, &so->grtol, "stop when |grad| <= grtol * L", "0"},
       {"gttol", AR_OPT_DOUBLE, &so->gttol, "stop when |grad| <= gttol * |grad_0|", "0"},
       {"ftol", AR_OPT_DOUBLE, &so->ftol, "stop when an accepted step changes L by <= ftol * L", "0"},
+      {"loss-target", AR_OPT_DOUBLE, &so->loss_target,
+       "stop (CONVERGED_LOSS_TARGET) when the relative loss L / |B|^2 (history.csv's rel_loss) is <= this (0: never)",
+       "0"},
       {"steptol", AR_OPT_DOUBLE, &so->steptol, "stop when |step| <= steptol * (|z| + steptol)", "0"},
       {"hessian-sample", AR_OPT_DOUBLE, &so->hessian_sample,
        "dense step: each Hessian from this fraction of the query rows (a uniform sample, rescaled; the gradient stays "

@@ -2,7 +2,9 @@
  * as a code: agreed errors are printed once by rank 0 and every rank exits with the code's
  * status; an error only one rank saw is printed with its rank and aborts the job (no hang).
  * Before MPI_Init each process may re-execute itself once with the OpenBLAS kernels that fit
- * its CPU (reexec.h; ATTNREG_NO_REEXEC=1 turns it off). */
+ * its CPU (reexec.h; ATTNREG_NO_REEXEC=1 turns it off), and on one node it tells Open MPI to
+ * take its shared-memory PML without probing network libraries (launch.h; ATTNREG_NO_MPI_TUNE=1
+ * turns it off). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +12,7 @@
 #include "attnreg.h"
 #include "commands.h"
 #include "error.h"
+#include "launch.h"
 #include "reexec.h"
 
 static const char *usage =
@@ -28,12 +31,15 @@ static const char *usage =
     "\n"
     "Environment: with OPENBLAS_CORETYPE unset, a process whose OpenBLAS kernels are older than its\n"
     "CPU re-executes itself once with the fitting ones after a self-check (attnreg blas --check);\n"
-    "ATTNREG_NO_REEXEC=1 turns that off.";
+    "ATTNREG_NO_REEXEC=1 turns that off.  With every rank on one node and no PML chosen, attnreg sets\n"
+    "OMPI_MCA_pml=ob1 (Open MPI's shared memory, without probing network libraries: 0.2 s a run);\n"
+    "ATTNREG_NO_MPI_TUNE=1 turns that off.";
 
 int main(int argc, char **argv)
 {
   if (argc > 1 && !strcmp(argv[1], "blas")) return ar_cmd_blas(argc, argv); /* node-local, without MPI */
   ar_reexec_blas(argv); /* returns only if it does not re-execute */
+  ar_launch_tune();     /* one node: Open MPI's shared-memory PML without probing networks */
   if (argc > 1 && !strcmp(argv[1], "solve")) ar_cmd_solve_signals();
   MPI_Init(&argc, &argv);
   MPI_Comm comm = MPI_COMM_WORLD;

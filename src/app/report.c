@@ -7,6 +7,7 @@
 
 #include "blas.h"
 #include "error.h"
+#include "launch.h"
 #include "timing.h"
 
 void ar_report_begin(ar_report *R, MPI_Comm comm, ar_problem prob, ar_eval ev, ar_grid grid)
@@ -78,6 +79,19 @@ void ar_report_blas(FILE *f, const ar_report *R)
     if (v[i]) ar_json_string(f, v[i]);
     else fputs("null", f);
   }
+  fputc('}', f);
+}
+
+/* Open MPI's PML as attnreg set it on one node (launch.h), and why. */
+void ar_report_mpi(FILE *f, const ar_report *R)
+{
+  (void)R;
+  const char *pml, *what = ar_launch_describe(&pml);
+  fputs("{\"pml\": ", f);
+  if (pml) ar_json_string(f, pml);
+  else fputs("null", f);
+  fputs(", \"launch\": ", f);
+  ar_json_string(f, what);
   fputc('}', f);
 }
 

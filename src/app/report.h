@@ -68,6 +68,7 @@ typedef struct {
   X(INT, tile, (R)->tile, 1)                                                                         \
   X(INT, chunk, (R)->chunk, 1)                                                                       \
   X(OBJECT, blas, ar_report_blas, 1)                                                                 \
+  X(OBJECT, mpi, ar_report_mpi, 1)                                                                   \
   X(INT, segments, (R)->lay.nseg, 1)                                                                 \
   X(BOOL, causal, (R)->lay.causal, 1)                                                                \
   X(OBJECT, layout, ar_report_layout, 1)                                                             \
@@ -112,6 +113,7 @@ double ar_report_gflops(const ar_report *R);
 int ar_report_cg_iterations(const ar_solve_result *r);
 void ar_report_grid(FILE *f, const ar_report *R);
 void ar_report_blas(FILE *f, const ar_report *R);
+void ar_report_mpi(FILE *f, const ar_report *R);
 void ar_report_layout(FILE *f, const ar_report *R);
 void ar_report_work(FILE *f, const ar_report *R);
 void ar_report_quantiles(FILE *f, const ar_report *R);

@@ -262,7 +262,7 @@ static const char *parse_ensemble(rbuf *r, ar_checkpoint *c, int D, int *oom)
     AR_START_FIELDS(GET_FIELD2)
     const int finished = k < e->rounds_done * R;
     rows_ok &= (S->done == 0 || (S->done == 1 && finished)) && S->group >= 0 && S->iterations >= 0 &&
-               S->reason >= 0 && S->reason <= AR_STOPPED_EARLY && (S->stopped_early == 0 || S->stopped_early == 1);
+               S->reason >= 0 && S->reason <= AR_CONVERGED_LOSS_TARGET && (S->stopped_early == 0 || S->stopped_early == 1);
   }
   if (!rows_ok || (e->best_k >= 0 && e->rows[e->best_k].done != 1)) return "inconsistent multi-start checkpoint";
   int Dz = 0;

@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "fault.h"
+#include "launch.h"
 
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 
@@ -234,6 +235,8 @@ void ar_blas_print(FILE *f, const char *prefix)
   ar_blas_info_get(&b);
   fprintf(f, "%sblas = OpenBLAS core %s, %d thread%s%s%s%s\n", prefix, b.core, b.threads, b.threads == 1 ? "" : "s",
           b.reexec ? " (re-executed from " : "", b.reexec ? b.reexec : "", b.reexec ? ")" : "");
+  const char *pml;
+  fprintf(f, "%smpi = %s\n", prefix, ar_launch_describe(&pml));
   if (b.reexec)
     fprintf(stderr,
             "attnreg: note: OpenBLAS chose its %s kernels; attnreg re-executed itself with OPENBLAS_CORETYPE=%s (%s "

@@ -180,6 +180,40 @@ class ShownByTheCommands(unittest.TestCase):
         self.assertRegex(p.stdout, r"this process: blas = OpenBLAS core \w+, 1 thread")
 
 
+class MpiLaunch(unittest.TestCase):
+    """On one node attnreg sets OMPI_MCA_pml=ob1 before MPI_Init unless the user chose (src/sys/launch.h;
+    tests/test_launch.c tests the decision on tables of variables): the header and summary.json say
+    which, under mpirun and as a singleton, and the user's choice or ATTNREG_NO_MPI_TUNE=1 wins."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.data = os.path.join(TMP, "launch-data")
+        run(1, "generate", "--n", 48, "--d", 3, "--seed", 4, "--out", cls.data, "--quiet")
+
+    def solve(self, ranks, name, **env):
+        out = os.path.join(TMP, "launch-" + name)
+        p = run(ranks, "solve", "--data", self.data, "--max-iter", 2, "--out", out, env=env)
+        return p, summary(out + "/summary.json")["mpi"]
+
+    def test_one_node(self):
+        p, m = self.solve(2, "mpirun")
+        self.assertEqual(m["pml"], "ob1")
+        self.assertTrue(m["launch"].startswith("pml ob1, one node (mpirun)"), m)
+        self.assertIn("  mpi = pml ob1, one node (mpirun) (ATTNREG_NO_MPI_TUNE=1 keeps", p.stdout)
+        p, m = self.solve(0, "singleton")
+        self.assertEqual(m["pml"], "ob1")
+        self.assertIn("singleton", m["launch"])
+
+    def test_the_users_choice_wins(self):
+        for name, env, why in (("off", {"ATTNREG_NO_MPI_TUNE": "1"}, "ATTNREG_NO_MPI_TUNE is set"),
+                               ("user-pml", {"OMPI_MCA_pml": "ob1"}, "OMPI_MCA_pml or OMPI_MCA_mtl is set")):
+            with self.subTest(name=name):
+                p, m = self.solve(2, name, **env)
+                self.assertIsNone(m["pml"])
+                self.assertEqual(m["launch"], "Open MPI's own choice (%s)" % why)
+                self.assertIn("  mpi = Open MPI's own choice (%s)" % why, p.stdout)
+
+
 def bare_env(**extra):
     """ENV without OPENBLAS_CORETYPE and the re-exec variables (a launch no script prepared), plus extra."""
     drop = ("OPENBLAS_CORETYPE", "ATTNREG_FAULT", "ATTNREG_REEXEC", "ATTNREG_NO_REEXEC", "ATTNREG_REEXEC_TEST_CORE")

@@ -228,6 +228,17 @@ class MultiStart(unittest.TestCase):
             self.solve(3, again, "--starts", "auto", "--max-starts", cap, "--restart", out + ".ckpt", data=noisy)
             self.assertEqual(summary(again + "/summary.json")["starts"], k)
             self.assertEqual(summary(again + "/summary.json")["best_start"], s["best_start"])
+        # a --loss-target just above the best minimum, which start 0 reaches (round 1 races nothing: its
+        # starts run as in the fixed-K run until they meet the target): the rule stops after that round
+        first = rows(os.path.join(TMP, "noisy-full-128"))[:8]
+        target = 1.001 * min(float(r["rel_loss"]) for r in first)
+        self.assertLessEqual(float(first[0]["rel_loss"]), target)
+        out = os.path.join(TMP, "auto-target")
+        self.solve(2, out, "--starts", "auto", "--loss-target", target, data=noisy)
+        s = summary(out + "/summary.json")
+        self.assertEqual(s["starts"], 8, s["starts_auto_stop"])
+        self.assertIn("the loss target", s["starts_auto_stop"])
+        self.assertLessEqual(s["rel_loss"], target)
         p = self.solve(2, os.path.join(TMP, "bad"), "--starts", "many", check=False)
         self.assertEqual(p.returncode, 2)
         self.assertIn("--starts: expected an integer or auto, got 'many'", p.stderr)

@@ -210,6 +210,10 @@ static int auto_enough(ensemble *e, int k_end)
              AUTO_EXACT);
     return 1;
   }
+  if (b->reason == AR_CONVERGED_LOSS_TARGET) { /* as good a fit as the user asked for */
+    snprintf(e->why, sizeof e->why, "the loss target (start %d, rel_loss %.2e)", e->best_k, b->rel_loss);
+    return 1;
+  }
   /* the best minimum: its first start, and the converged starts that reached it */
   const double floor = 1e-20 * ar_problem_bnorm2(e->j.prob), tol = AUTO_SAME * fabs(b->loss) + floor;
   int hits = 0, first = -1;

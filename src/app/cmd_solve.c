@@ -62,7 +62,8 @@ static int option_table(solve_cfg *s, ar_option *opts)
        "0"},
       {"restart", AR_OPT_STRING, &s->restart, "continue from this checkpoint (same data and method)"},
       {"starts", AR_OPT_INT, &s->starts,
-       "multi-start: solve from K starts, keep the best (start 0: --x0); auto: rounds of 8 until an exact fit, or "
+       "multi-start: solve from K starts, keep the best (start 0: --x0); auto: rounds of 8 until an exact fit or the "
+       "--loss-target, or "
        "until 3 starts reached the best minimum and the 16 since it was first found did no better, or --max-starts",
        NULL, 1, 0, "auto"},
       {"max-starts", AR_OPT_INT, &s->max_starts, "multi-start: --starts auto runs at most this many starts", NULL, 1},

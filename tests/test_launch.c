@@ -7,18 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "launch.h"
-
-static int failures;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
-      fprintf(stderr, __VA_ARGS__);                             \
-      fprintf(stderr, "\n");                                    \
-      failures++;                                               \
-    }                                                           \
-  } while (0)
 
 /* ctx: "NAME=value" strings, NULL-terminated */
 static const char *table_get(const char *name, void *ctx)
